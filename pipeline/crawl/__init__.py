@@ -1,0 +1,9 @@
+"""``pie crawl``: photos from Flickr users into per-user folders and manifests.
+
+Modules, one job each: :mod:`.budget` (the shared API token bucket),
+:mod:`.api` (the ``flickrapi`` client with retries), :mod:`.listing` (photo
+entries of API replies into validated candidates), :mod:`.users` (user lists,
+published crawl lists, discovery), :mod:`.download` (concurrent fetches and
+validation), :mod:`.dedupe` (exact and perceptual duplicates), :mod:`.splits`
+(train / valid / valid_ref) and :mod:`.crawler` (the stage itself).
+"""
