@@ -174,6 +174,39 @@ def flickr_replay(session: Session, directory, host, port, api_key, faults, seed
         server.stop()
 
 
+# pie audit ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--licenses", default="open", show_default=True,
+              help="Licence ids a kept photo may carry: 'open', 'all', or a comma list.")
+@click.option("--valid-refs", type=click.IntRange(0), default=20, show_default=True,
+              help="Reference photos expected per valid user.")
+@click.option("--no-checksums", is_flag=True, help="Check file sizes only, not their SHA-256.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the full report as JSON to this file.")
+@pass_session
+def audit(session: Session, licenses, valid_refs, no_checksums, json_path) -> None:
+    """Check manifests against files, licences, checksums and splits; exit 1 on any problem."""
+    import json
+
+    from manifests.audit import audit as run_audit
+
+    try:
+        allowed = parse_license_filter(licenses)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    report = run_audit(session.workspace, licenses=allowed, valid_refs=valid_refs,
+                       verify_checksums=not no_checksums)
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.as_dict(), indent=1))
+    console.summary(report.line(), session.quiet)
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one-line errors, exit codes 1 (error), 2 (usage), 130 (interrupted)."""
     try:

@@ -5,7 +5,7 @@ is made from the colour photographs that installed packages ship
 (scikit-image's ``data`` folder and matplotlib's sample data): each sample
 user gets a retouching style of its own (tone curve, white balance, saturation,
 vignette), and each of its photos is a seeded random crop of one of those
-photographs, flipped or not, scaled so its longest edge is 700-960 px, then
+photographs, flipped or not, scaled (by default to a longest edge of 700-960 px), then
 retouched in the user's style. The result is written in the folder format
 served by :mod:`pipeline.flickr_replay`.
 """
@@ -103,7 +103,7 @@ def sample_nsids(count: int, valid: int) -> list[str]:
     return sorted(chosen_valid + chosen_train)
 
 
-def _crop(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _crop(image: np.ndarray, rng: np.random.Generator, longest_edge: tuple[int, int]) -> np.ndarray:
     height, width = image.shape[:2]
     scale = rng.uniform(0.55, 0.95)
     crop_h, crop_w = max(32, int(height * scale)), max(32, int(width * scale * rng.uniform(0.8, 1.2)))
@@ -113,7 +113,7 @@ def _crop(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     crop = image[top:top + crop_h, left:left + crop_w]
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
-    longest = int(rng.integers(700, 961))
+    longest = int(rng.integers(longest_edge[0], longest_edge[1] + 1))
     factor = longest / max(crop.shape[:2])
     size = (max(1, round(crop.shape[1] * factor)), max(1, round(crop.shape[0] * factor)))
     interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC
@@ -121,9 +121,11 @@ def _crop(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def build_corpus(folder: Path, *, users: int = 12, photos_per_user: int = 30, valid_users: int = 2,
-                 seed: int = 0) -> list[str]:
+                 longest_edge: tuple[int, int] = (700, 960), seed: int = 0) -> list[str]:
     """Write the sample corpus into ``folder`` and return its NSIDs.
 
+    ``longest_edge`` is the range of the photos' longest edges in pixels; the
+    default keeps Flickr's 640-px size ``z`` available for every photo.
     Deterministic for a seed. Existing files are overwritten.
     """
     sources = {name: read_image(path).as_float() for name, path in sorted(source_photographs().items())}
@@ -139,7 +141,7 @@ def build_corpus(folder: Path, *, users: int = 12, photos_per_user: int = 30, va
         rng = np.random.default_rng([seed, user_index])
         for photo_index in range(photos_per_user):
             name = names[int(rng.integers(len(names)))]
-            retouched = style.apply(_crop(sources[name], rng))
+            retouched = style.apply(_crop(sources[name], rng, longest_edge))
             photo_id = str(50_000_000_000 + user_index * 100_000 + photo_index * 97)
             pixels = (retouched * 255.0 + 0.5).astype(np.uint8)
             (user_dir / f"{photo_id}.jpg").write_bytes(encode_jpeg(pixels, quality=92))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,15 +65,14 @@ class ApiBudget:
                 tokens = min(float(self.burst), tokens + max(0.0, now - updated) * self.rate)
                 wait = 0.0
                 if take:
-                    if tokens >= 1.0:
-                        tokens -= 1.0
+                    if tokens >= 1.0 - 1e-9:  # tolerate rounding of the refill
+                        tokens = max(0.0, tokens - 1.0)
                     else:
                         wait = (1.0 - tokens) / self.rate
                 handle.seek(0)
                 handle.truncate()
                 handle.write(json.dumps({"tokens": tokens, "updated": now, "calls_per_hour": self.calls_per_hour}))
                 handle.flush()
-                os.fsync(handle.fileno())
                 return wait
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
@@ -86,7 +84,7 @@ class ApiBudget:
             if wait == 0.0:
                 self.calls += 1
                 return
-            self.sleep(min(wait, 5.0))
+            self.sleep(min(max(wait, 0.001), 5.0))
 
     def available(self) -> float:
         """Tokens available now (refilled, nothing taken)."""

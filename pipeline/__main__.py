@@ -1,0 +1,5 @@
+"""``python -m pipeline`` runs the ``pie`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,161 @@
+"""The crawl's parts on their own: budget, splits, listings, user lists, duplicates, config."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.config import ConfigError, load_defaults
+from pipeline.crawl import splits
+from pipeline.crawl.budget import ApiBudget
+from pipeline.crawl.dedupe import DuplicateIndex, perceptual_hash
+from pipeline.crawl.listing import ReplyError, candidate_from_entry, candidate_from_url, parse_photo_page, \
+    rewrite_for_mirror
+from pipeline.crawl.users import UserListError, read_crawl_list, read_user_file
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def time(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_budget_never_overspends_an_hour_and_survives_a_restart(tmp_path):
+    clock = FakeClock()
+    state = tmp_path / "budget.json"
+    budget = ApiBudget(state, calls_per_hour=120, burst=10, clock=clock.time, sleep=clock.sleep)
+    start = clock.now
+    for _ in range(10):
+        budget.acquire()
+    assert clock.now == start  # the burst is free
+    restarted = ApiBudget(state, calls_per_hour=120, burst=10, clock=clock.time, sleep=clock.sleep)
+    restarted.acquire()  # the restart does not get a fresh burst
+    assert clock.now > start
+    for _ in range(108):
+        restarted.acquire()
+    # 119 calls: 10 burst + 109 at (120 - 10) / 3600 per second -> about 3,567 s
+    assert clock.now - start == pytest.approx(109 * 3600 / 110, rel=0.01)
+    assert clock.now - start < 3600 and 10 + 109 <= 120
+
+
+def test_budget_is_shared_through_its_file(tmp_path):
+    clock = FakeClock()
+    one = ApiBudget(tmp_path / "b.json", calls_per_hour=3600, burst=5, clock=clock.time, sleep=clock.sleep)
+    two = ApiBudget(tmp_path / "b.json", calls_per_hour=3600, burst=5, clock=clock.time, sleep=clock.sleep)
+    for _ in range(3):
+        one.acquire()
+        two.acquire()
+    assert clock.now > 1_000_000.0  # six calls exceed the shared burst of five
+    assert one.calls == two.calls == 3
+
+
+def test_user_split_is_stable_and_about_ten_percent():
+    nsids = [f"{n}@N01" for n in range(100_000, 104_000)]
+    valid = [nsid for nsid in nsids if splits.user_split(nsid) == "valid"]
+    assert 0.08 < len(valid) / len(nsids) < 0.12
+    assert [splits.user_split(nsid) for nsid in valid] == ["valid"] * len(valid)
+    references = splits.reference_photos("1@N01", [str(i) for i in range(100)])
+    assert len(references) == 20
+    assert references == splits.reference_photos("1@N01", [str(i) for i in reversed(range(100))])
+
+
+def entry(**changes):
+    value = {"id": "51741674882", "owner": "193092213@N08", "secret": "d3eff8c74b", "server": "65535",
+             "farm": 66, "title": "t", "license": "4", "media": "photo", "ownername": "o",
+             "datetaken": "2021-01-01 00:00:00",
+             "url_z": "https://live.staticflickr.com/65535/51741674882_d3eff8c74b_z.jpg",
+             "width_z": 640, "height_z": "427"}
+    value.update(changes)
+    return value
+
+
+def test_candidate_from_a_valid_entry():
+    candidate = candidate_from_entry(entry(), "z", user="193092213@N08")
+    assert candidate.photo_id == "51741674882" and candidate.license.name == "CC BY 2.0"
+    assert candidate.page_url.endswith("/193092213@N08/51741674882/")
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"id": "../../etc/passwd"}, "photo id"),
+    ({"owner": "../x"}, "NSID"),
+    ({"owner": "5@N01"}, "belongs to"),
+    ({"secret": "../.."}, "secret"),
+    ({"server": "1/2"}, "server"),
+    ({"url_z": None}, "no url_z"),
+    ({"url_z": "file:///etc/passwd"}, "http"),
+    ({"url_z": "https://live.staticflickr.com/65535/999_d3eff8c74b_z.jpg"}, "does not name"),
+])
+def test_hostile_entries_are_refused(changes, match):
+    with pytest.raises((ReplyError, ValueError), match=match):
+        candidate_from_entry(entry(**changes), "z", user="193092213@N08")
+
+
+@pytest.mark.parametrize("reply", [{}, {"photos": []}, {"photos": {"photo": {}}}, {"photos": {"pages": "x"}}])
+def test_malformed_list_replies(reply):
+    with pytest.raises(ReplyError):
+        parse_photo_page(reply)
+
+
+def test_list_urls_and_mirror():
+    url = "https://live.staticflickr.com/65535/51741674882_d3eff8c74b_z.jpg"
+    candidate = candidate_from_url("193092213@N08", url)
+    assert (candidate.server, candidate.secret, candidate.size) == ("65535", "d3eff8c74b", "z")
+    assert rewrite_for_mirror(url, "http://127.0.0.1:9/static/") == \
+        "http://127.0.0.1:9/static/65535/51741674882_d3eff8c74b_z.jpg"
+
+
+def test_user_file(tmp_path):
+    path = tmp_path / "users.txt"
+    path.write_text("# users\n12037949754@N01\nhttps://www.flickr.com/photos/someone/\nsome name # comment\n"
+                    "12037949754@N01\n")
+    refs = read_user_file(path)
+    assert [(ref.kind, ref.value) for ref in refs] == [
+        ("nsid", "12037949754@N01"), ("url", "https://www.flickr.com/photos/someone/"), ("username", "some name")]
+    path.write_text("https://example.com/evil\n")
+    with pytest.raises(UserListError, match="users.txt:1"):
+        read_user_file(path)
+
+
+def test_crawl_lists_in_three_formats(tmp_path):
+    urls = ["https://live.staticflickr.com/65535/1_ab_z.jpg"]
+    (tmp_path / "l.json").write_text(json.dumps({"12@N01": urls}))
+    (tmp_path / "l.csv").write_text("nsid,url\n12@N01," + urls[0] + "\n")
+    assert read_crawl_list(tmp_path / "l.json") == read_crawl_list(tmp_path / "l.csv") == {"12@N01": urls}
+    (tmp_path / "bad.json").write_text(json.dumps({"../x": urls}))
+    with pytest.raises(UserListError, match="not an NSID"):
+        read_crawl_list(tmp_path / "bad.json")
+    (tmp_path / "bad.pkl").write_bytes(b"cos\nsystem\n(S'true'\ntR.")
+    with pytest.raises(UserListError, match="refused pickle opcode"):
+        read_crawl_list(tmp_path / "bad.pkl")
+
+
+def test_duplicates_exact_and_near(photo):
+    index = DuplicateIndex()
+    first = perceptual_hash(photo)
+    index.add("1@N01/1", "a" * 64, first)
+    assert index.find("2@N01/2", "a" * 64, None).startswith("duplicate:")
+    darker = (photo * 0.9).astype(np.uint8)
+    assert index.find("2@N01/3", "b" * 64, perceptual_hash(darker)).startswith("near-duplicate:")
+    other = np.ascontiguousarray(photo[:, ::-1])
+    assert index.find("2@N01/4", "c" * 64, perceptual_hash(other)) is None
+    assert index.find("1@N01/1", "a" * 64, first) is None  # a photo never duplicates itself
+
+
+def test_config_defaults_and_secret_refusal(tmp_path):
+    path = tmp_path / "pie.toml"
+    path.write_text("[crawl]\nper-user = 5\n")
+    assert load_defaults(path) == {"crawl": {"per_user": 5}}
+    path.write_text("[crawl]\napi-secret = 'x'\n")
+    with pytest.raises(ConfigError, match="must not be stored"):
+        load_defaults(path)
+    path.write_text("[crawl\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_defaults(path)
+    assert load_defaults(tmp_path / "missing.toml") == {}
