@@ -1,0 +1,144 @@
+"""Effects panel of the develop engine: post-crop vignette and film grain.
+
+Both act on sRGB-encoded RGB in [0, 1] at the end of the pipeline, as in
+Camera Raw where they are applied after all tone and colour work.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from rules.develop_math import luma, smoothstep
+
+#: Grain amplitude (standard deviation, encoded units) at GrainAmount 100.
+GRAIN_STRENGTH = 0.12
+
+
+def vignette_distance(height: int, width: int, roundness: float) -> np.ndarray:
+    """Normalised distance from the centre whose level sets shape the vignette.
+
+    Parameters
+    ----------
+    height, width : int
+        Picture size in pixels.
+    roundness : float
+        ``PostCropVignetteRoundness``, -100..100.
+
+    Returns
+    -------
+    ndarray
+        HxW float32; 1 at the middle of the long edges for roundness 0.
+
+    Notes
+    -----
+    Coordinates ``u, v`` run over [-1, 1] across the picture. Roundness 0
+    gives ellipses following the frame; +100 blends the axis scales towards a
+    true circle (both axes in units of the long half-side); -100 turns the
+    ellipse into a superellipse ``(|u|^p + |v|^p)^(1/p)`` with ``p = 8``, close
+    to the frame's rectangle (RapidRAW's vignette uses the same two knobs).
+    """
+    r = roundness / 100.0
+    long_side = max(height, width)
+    u = np.linspace(-1.0, 1.0, width, dtype=np.float32)[None, :]
+    v = np.linspace(-1.0, 1.0, height, dtype=np.float32)[:, None]
+    if r > 0:
+        u = u * (1.0 - r + r * width / long_side)
+        v = v * (1.0 - r + r * height / long_side)
+    power = 2.0 + 6.0 * max(-r, 0.0)
+    return ((np.abs(u) ** power + np.abs(v) ** power) ** (1.0 / power)).astype(np.float32)
+
+
+def apply_vignette(rgb: np.ndarray, *, amount: float, midpoint: float, feather: float,
+                   roundness: float, style: int) -> np.ndarray:
+    """Post-crop vignette: darken (amount < 0) or lighten the edges.
+
+    Parameters
+    ----------
+    rgb : ndarray
+        HxWx3 encoded RGB, float32.
+    amount : float
+        ``PostCropVignetteAmount``, -100..100.
+    midpoint, feather : float
+        0..100: how far from the centre the falloff begins, and how soft it is.
+    roundness : float
+        -100..100 (:func:`vignette_distance`).
+    style : int
+        1 Highlight Priority, 2 Color Priority, 3 Paint Overlay.
+
+    Returns
+    -------
+    ndarray
+        HxWx3 float32.
+
+    Notes
+    -----
+    Mask ``m = smoothstep(r0 - f/2, r0 + f/2, d)`` with ``r0 = 0.5 + 0.8
+    midpoint/100`` and ``f = 0.05 + 0.6 feather/100`` on the distance ``d`` of
+    :func:`vignette_distance` (after RapidRAW's vignette). Darkening
+    multiplies RGB by ``1 + a m`` (``a = amount / 100``), which keeps hue and
+    saturation (Color Priority; Paint Overlay is rendered the same way);
+    Highlight Priority spares bright pixels by scaling ``a`` with
+    ``1 - 0.5 Y``. Lightening mixes towards white by ``a m``.
+    """
+    a = amount / 100.0
+    height, width = rgb.shape[:2]
+    centre = 0.5 + 0.8 * midpoint / 100.0
+    spread = 0.05 + 0.6 * feather / 100.0
+    mask = smoothstep(centre - spread / 2.0, centre + spread / 2.0,
+                      vignette_distance(height, width, roundness))[..., None]
+    if a > 0:
+        return (rgb + a * mask * (1.0 - rgb)).astype(np.float32)
+    strength = a * mask
+    if style == 1:
+        strength = strength * (1.0 - 0.5 * np.clip(luma(rgb), 0.0, 1.0))[..., None]
+    return (rgb * (1.0 + strength)).astype(np.float32)
+
+
+def grain_field(height: int, width: int, *, size: float, roughness: float,
+                seed: int) -> np.ndarray:
+    """Zero-mean, unit-variance grain pattern, deterministic for a seed.
+
+    Parameters
+    ----------
+    height, width : int
+        Picture size in pixels.
+    size : float
+        ``GrainSize``, 0..100: Gaussian blur sigma ``0.5 + size / 25`` pixels
+        of white noise (clumps about 1.5 px at the default 25).
+    roughness : float
+        ``GrainFrequency``, 0..100: share of a second, finer layer
+        (sigma halved) mixed in, making the grain irregular.
+    seed : int
+        Seed of ``numpy.random.default_rng``.
+
+    Returns
+    -------
+    ndarray
+        HxW float32.
+    """
+    rng = np.random.default_rng(seed)
+    sigma = 0.5 + size / 25.0
+    mix = roughness / 100.0
+    coarse = cv2.GaussianBlur(rng.standard_normal((height, width), dtype=np.float32),
+                              (0, 0), sigma)
+    fine = cv2.GaussianBlur(rng.standard_normal((height, width), dtype=np.float32),
+                            (0, 0), sigma / 2.0)
+    field = (1.0 - mix) * coarse / max(coarse.std(), 1e-6) + mix * fine / max(fine.std(), 1e-6)
+    return (field / max(field.std(), 1e-6)).astype(np.float32)
+
+
+def apply_grain(rgb: np.ndarray, *, amount: float, size: float, roughness: float,
+                seed: int) -> np.ndarray:
+    """Add monochrome film grain, strongest in the midtones.
+
+    ``RGB + 0.12 (amount/100) n 4Y(1-Y)`` with ``n`` from :func:`grain_field`
+    (the same on all three channels, so grayscale stays grayscale) and ``Y``
+    the luma; the ``4Y(1-Y)`` envelope keeps pure black and white clean, as
+    film grain and RapidRAW's midtone-masked grain do.
+    """
+    height, width = rgb.shape[:2]
+    noise = grain_field(height, width, size=size, roughness=roughness, seed=seed)
+    y = np.clip(luma(rgb), 0.0, 1.0)
+    offset = GRAIN_STRENGTH * amount / 100.0 * noise * 4.0 * y * (1.0 - y)
+    return (rgb + offset[..., None]).astype(np.float32)
