@@ -18,13 +18,9 @@ import requests
 from PIL import Image, UnidentifiedImageError
 from skimage import data
 
-from pipeline.flickr_replay import (
-    SIZES_BY_EXTRA,
-    ReplayServer,
-    load_corpus,
-    paginate,
-    paging_arguments,
-)
+from pipeline.flickr_replay import ReplayServer
+from pipeline.replay_api import paginate, paging_arguments
+from pipeline.replay_corpus import SIZES_BY_EXTRA, load_corpus
 from pipeline.replay_faults import KINDS, FaultSpec
 
 KEY, SECRET = "0123456789abcdef0123456789abcdef", "fedcba9876543210"

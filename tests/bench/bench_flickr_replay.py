@@ -22,7 +22,8 @@ import requests
 from PIL import Image
 from skimage import data
 
-from pipeline.flickr_replay import SIZES_BY_EXTRA, ReplayServer
+from pipeline.flickr_replay import ReplayServer
+from pipeline.replay_corpus import SIZES_BY_EXTRA
 
 USER = "12345678@N01"
 PHOTOS = 120
