@@ -174,6 +174,249 @@ def flickr_replay(session: Session, directory, host, port, api_key, faults, seed
         server.stop()
 
 
+# pie rules ------------------------------------------------------------------------------------
+
+
+def _all_rules(presets_dir: Path | None) -> dict:
+    """The 25 built-in rules plus every preset file in ``presets_dir``."""
+    from rules.preset import load_preset_dir
+    from rules.registry import builtin_rules, rules_from_presets
+
+    rules = builtin_rules()
+    if presets_dir is not None:
+        presets, problems = load_preset_dir(presets_dir)
+        for problem in problems:
+            click.echo(f"pie: {problem}", err=True)
+        clashes = sorted(set(presets) & set(rules))
+        if clashes:
+            raise click.UsageError(f"--presets: {presets_dir} redefines built-in rule {clashes[0]!r}")
+        rules.update(rules_from_presets(presets))
+    return rules
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--fivek", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of FiveK originals (8-bit JPEG/PNG/TIFF or 16-bit TIFF).")
+@click.option("--names", "names_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="File of original names (file stems) to use, one per line; default all in --fivek.")
+@click.option("--only", default=None, help="Comma-separated rule names to run; default all.")
+@click.option("--max-side", type=click.IntRange(16), default=None,
+              help="Shrink originals so their longest side is at most this many pixels first.")
+@click.option("--presets", "presets_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of extra Lightroom presets (.xmp, .lrtemplate), each an extra pseudo-user.")
+@click.option("--scheduler", default=None, envvar="PIE_DASK_SCHEDULER", show_envvar=True,
+              help="Address of a running Dask scheduler (tcp://host:8786); default a local cluster.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Worker processes of the local cluster  [default: all cores].")
+@click.pass_context
+def rules(ctx: click.Context, fivek, names_file, only, max_side, presets_dir, scheduler, workers) -> None:
+    """Apply the 25 rule-based enhancers to FiveK originals: 25 pseudo-users in ROOT/rules/."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if fivek is None:
+        raise click.UsageError("pie rules needs --fivek DIR (or a subcommand: list, show)")
+    from .cluster import dask_client
+    from .rules_stage import RulesInputError, find_sources, run_rules, selected_rules
+
+    session: Session = ctx.obj
+    try:
+        chosen = selected_rules(_all_rules(presets_dir), only.split(",") if only else None)
+        sources, problems = find_sources(fivek, names_file)
+    except (ValueError, RulesInputError) as exc:
+        raise click.UsageError(str(exc)) from None
+    for problem in problems:
+        click.echo(f"pie: {problem}", err=True)
+    if not sources:
+        raise click.ClickException(f"{fivek}: no usable originals")
+    bar = console.progress(total=len(sources) * len(chosen), desc="rules", unit="image",
+                           enabled=session.show_progress)
+    with bar, dask_client(scheduler, workers) as client:
+        summary = run_rules(session.workspace, sources, chosen, client=client, max_side=max_side,
+                            on_done=lambda record: bar.update())
+        bar.update(summary.skipped)
+    summary.problems = problems
+    console.summary(summary.line(), session.quiet)
+
+
+@rules.command("list")
+@click.option("--presets", "presets_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Also list the presets in this folder.")
+def rules_list(presets_dir) -> None:
+    """Print the registry: name, kind, reference and parameters of every rule."""
+    import json
+
+    for rule in _all_rules(presets_dir).values():
+        click.echo(f"{rule.name:18s} {rule.kind:7s} {rule.reference}")
+        click.echo(f"{'':18s} {'':7s} {json.dumps(rule.parameters, sort_keys=True)}")
+
+
+@rules.command("show")
+@click.argument("name")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Output PNG file.")
+@click.option("--max-side", type=click.IntRange(16), default=None, help="Shrink the image first, pixels.")
+@click.option("--presets", "presets_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of extra presets NAME may come from.")
+def rules_show(name, image, out, max_side, presets_dir) -> None:
+    """Render IMAGE with rule NAME into --out."""
+    from .imageio import ImageError, encode_png, float_to_uint8
+    from .rules_stage import load_source
+
+    available = _all_rules(presets_dir)
+    if name not in available:
+        raise click.UsageError(f"unknown rule {name!r} (see `pie rules list`)")
+    try:
+        pixels, _ = load_source(image, max_side)
+    except ImageError as exc:
+        raise click.ClickException(str(exc)) from None
+    out.write_bytes(encode_png(float_to_uint8(available[name](pixels))))
+    click.echo(f"rules show: {name} applied to {image} -> {out}")
+
+
+# pie train-degrader / pie degrade -----------------------------------------------------------------
+
+MODEL_SIZES = ("paper", "small", "tiny")
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise click.UsageError("--device cuda: no CUDA device is available")
+    return name
+
+
+@cli.command("train-degrader")
+@click.option("--model", "model_size", type=click.Choice(MODEL_SIZES), default="paper", show_default=True,
+              help="Network size: the paper's (11.6 M weights), or smaller ones for CPUs and tests.")
+@click.option("--blocks", type=click.IntRange(1), default=None, help="Override the number of coupling blocks.")
+@click.option("--channels", type=click.IntRange(2), default=None,
+              help="Override the feature channels (split in half by each coupling block).")
+@click.option("--subnet-channels", type=click.IntRange(1), default=None, help="Override the subnet width.")
+@click.option("--steps", type=click.IntRange(1), default=1_000_000, show_default=True, help="Optimiser steps.")
+@click.option("--batch-size", type=click.IntRange(1), default=2, show_default=True, help="Pairs per step.")
+@click.option("--crop-size", type=click.IntRange(8), default=180, show_default=True,
+              help="Side of the aligned random crops, pixels.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-4, show_default=True,
+              help="Adam learning rate.")
+@click.option("--weight-decay", type=click.FloatRange(0), default=1e-5, show_default=True, help="Adam weight decay.")
+@click.option("--grad-clip", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
+              help="Largest gradient norm.")
+@click.option("--lr-milestones", default="150000,300000,450000,600000,750000", show_default=True,
+              help="Comma-separated steps at which the learning rate is multiplied by --lr-gamma.")
+@click.option("--lr-gamma", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+              help="Learning-rate factor at each milestone.")
+@click.option("--seed", type=int, default=10, show_default=True, help="Seed of weights, data order and crops.")
+@click.option("--val-every", type=click.IntRange(1), default=1000, show_default=True,
+              help="Validate (PSNR of both directions) every this many steps.")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=1000, show_default=True,
+              help="Save a resumable checkpoint every this many steps.")
+@click.option("--valid-fraction", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="Fraction of originals held out for validation.")
+@click.option("--vgg16", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Local torchvision VGG16 weights whose first two convolutions become the fixed encoder.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--no-mixed-precision", is_flag=True, help="Train in float32 on CUDA too (default bfloat16 autocast).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Checkpoint file  [default: ROOT/degrader/dsn.pt]; an existing one is resumed.")
+@pass_session
+def train_degrader(session: Session, model_size, blocks, channels, subnet_channels, steps, batch_size, crop_size,
+                   lr, weight_decay, grad_clip, lr_milestones, lr_gamma, seed, val_every, checkpoint_every,
+                   valid_fraction, vgg16, device, no_mixed_precision, out) -> None:
+    """Train DSN to turn rule outputs back into their originals (resumable)."""
+    import dataclasses
+
+    from degrader.dsn import DSNConfig, encoder_from_vgg16
+    from degrader.train import TrainConfig, train
+
+    from .degrade_stage import rule_pairs
+
+    model = getattr(DSNConfig, model_size)()
+    overrides = {"coupling_blocks": blocks, "subnet_channels": subnet_channels}
+    if channels is not None:
+        overrides.update(feature_channels=channels, split_channels=channels // 2)
+    try:
+        model = dataclasses.replace(model, **{k: v for k, v in overrides.items() if v is not None})
+        milestones = tuple(int(part) for part in lr_milestones.split(",") if part.strip())
+        config = TrainConfig(model=model, steps=steps, batch_size=batch_size, crop_size=crop_size,
+                             learning_rate=lr, weight_decay=weight_decay, grad_clip_norm=grad_clip,
+                             lr_milestones=milestones, lr_gamma=lr_gamma, seed=seed, val_every=val_every,
+                             checkpoint_every=checkpoint_every, mixed_precision=not no_mixed_precision)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    pairs, valid, problems = rule_pairs(session.workspace, valid_fraction=valid_fraction, min_side=crop_size)
+    for problem in problems:
+        click.echo(f"pie: {problem}", err=True)
+    if not len(pairs):
+        raise click.ClickException("no training pairs: run `pie rules` first")
+    checkpoint = out or session.workspace.degrader_checkpoint()
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    last: dict = {}
+    bar = console.progress(total=steps, desc="train-degrader", unit="step", enabled=session.show_progress)
+
+    def on_log(step: int, metrics: dict) -> None:
+        last.update(metrics)
+        bar.n = step
+        bar.set_postfix(loss=f"{metrics['loss']:.1f}", psnr=f"{last.get('val_psnr_degrade', float('nan')):.2f}",
+                        refresh=False)
+        bar.refresh()
+
+    try:
+        filters = encoder_from_vgg16(vgg16) if vgg16 is not None else None
+        with bar:
+            train(config, pairs, valid, checkpoint, encoder_filters=filters, device=_device(device), on_log=on_log)
+    except ValueError as exc:  # CheckpointError, ImageError and bad options are ValueErrors
+        raise click.ClickException(str(exc).splitlines()[0]) from None
+    psnr = (f"; validation PSNR degrade {last['val_psnr_degrade']:.2f} dB, enhance {last['val_psnr_enhance']:.2f} dB"
+            if "val_psnr_degrade" in last else "")
+    console.summary(f"train-degrader: {steps} steps on {len(pairs)} pairs ({len(valid)} held out) -> "
+                    f"{checkpoint}{psnr}", session.quiet)
+
+
+@cli.command()
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Trained degrader  [default: ROOT/degrader/dsn.pt].")
+@click.option("--format", "image_format", type=click.Choice(["jpeg", "png"]), default="jpeg", show_default=True,
+              help="File format of the pseudo originals.")
+@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality.")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
+              help="Photos per batch (per Dask task on CPUs).")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu, cuda or cuda:N; CPUs run batches as Dask tasks.")
+@click.option("--scheduler", default=None, envvar="PIE_DASK_SCHEDULER", show_envvar=True,
+              help="Address of a running Dask scheduler (CPU only); default a local cluster.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Worker processes of the local cluster  [default: all cores].")
+@pass_session
+def degrade(session: Session, checkpoint, image_format, quality, batch_size, device, scheduler, workers) -> None:
+    """Turn every kept Flickr photo into a pseudo original in ROOT/degraded/ with the trained DSN."""
+    from degrader.train import CheckpointError
+
+    from .cluster import dask_client
+    from .degrade_stage import run_degrade
+
+    checkpoint = checkpoint or session.workspace.degrader_checkpoint()
+    if not checkpoint.exists():
+        raise click.ClickException(f"{checkpoint}: no trained degrader; run `pie train-degrader` first")
+    device = _device(device)
+    bar = console.progress(desc="degrade", unit="photo", enabled=session.show_progress)
+    try:
+        with bar:
+            if device == "cpu":
+                with dask_client(scheduler, workers) as client:
+                    summary = run_degrade(session.workspace, checkpoint, client=client, image_format=image_format,
+                                          quality=quality, batch_size=batch_size, on_done=bar.update)
+            else:
+                summary = run_degrade(session.workspace, checkpoint, device=device, image_format=image_format,
+                                      quality=quality, batch_size=batch_size, on_done=bar.update)
+    except CheckpointError as exc:
+        raise click.ClickException(str(exc).splitlines()[0]) from None
+    console.summary(summary.line(), session.quiet)
+
+
 # pie audit ------------------------------------------------------------------------------------
 
 
@@ -205,6 +448,23 @@ def audit(session: Session, licenses, valid_refs, no_checksums, json_path) -> No
     console.summary(report.line(), session.quiet)
     if not report.ok:
         raise click.exceptions.Exit(1)
+
+
+# pie demo -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True,
+              help="Dask worker processes for the rules stage.")
+@pass_session
+def demo(session: Session, workers) -> None:
+    """Run every stage on the bundled sample corpus and write ROOT/report.html."""
+    from .demo import run_demo
+
+    result = run_demo(session.workspace, workers=workers,
+                      report=lambda line: console.summary(line, session.quiet))
+    if not result.ok:
+        raise click.ClickException("demo finished with problems; see the audit lines above")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,115 @@
+"""``pie train-degrader`` and ``pie degrade`` on a small workspace (tiny DSN, CPU, local Dask)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from skimage import data
+
+from manifests.jsonl import latest_by
+from manifests.licenses import lookup
+from manifests.records import PHOTO_SCHEMA
+from manifests.workspace import Workspace
+from pipeline.cli import cli
+from pipeline.degrade_stage import rule_pairs
+from pipeline.imageio import encode_jpeg, encode_png, read_image
+from pipeline.rules_stage import SourceImage, run_pair
+from rules.registry import builtin_rules
+
+NSID = "48600000@N01"
+TRAIN = ["train-degrader", "--model", "tiny", "--crop-size", "32", "--batch-size", "2", "--val-every", "3",
+         "--checkpoint-every", "3", "--device", "cpu"]
+
+
+@pytest.fixture()
+def workspace(tmp_path) -> Workspace:
+    """Rule outputs of two presets on four originals, and a crawl of one user with three photos."""
+    workspace = Workspace(tmp_path / "ws")
+    originals = tmp_path / "originals"
+    originals.mkdir()
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+    for index, photo in enumerate(photos):
+        (originals / f"img{index}.png").write_bytes(encode_png(photo[::6, ::6]))
+    rules = builtin_rules()
+    for index in range(len(photos)):
+        for name in ("punch", "cold-tone"):
+            record = run_pair(str(workspace.root), SourceImage(f"img{index}", originals / f"img{index}.png"),
+                              rules[name], None)
+            workspace.rules_manifest(name).append([record])
+    records = []
+    for index, photo in enumerate(photos[:3]):
+        photo_id = str(1000 + index)
+        path = workspace.flickr_photo(NSID, photo_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = encode_jpeg(photo[::4, ::4])
+        path.write_bytes(payload)
+        records.append({
+            "schema": PHOTO_SCHEMA, "user": NSID, "photo_id": photo_id, "secret": "ab", "server": "1", "size": "z",
+            "url": "https://live.staticflickr.com/1/x_ab_z.jpg", "page_url": "https://www.flickr.com/",
+            "license": lookup("4").as_record(), "owner_name": "", "title": "", "date_taken": None,
+            "file": workspace.relative(path), "width": photo.shape[1] // 4, "height": photo.shape[0] // 4,
+            "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest(), "status": "ok", "reason": None,
+            "attempts": 1, "fetched_at": "2026-01-01T00:00:00+00:00", "split": "train"})
+    workspace.flickr_manifest(NSID).append(records)
+    return workspace
+
+
+def test_pairs_hold_out_whole_originals(workspace):
+    train, valid, problems = rule_pairs(workspace, valid_fraction=0.3)
+    assert not problems and len(train) + len(valid) == 8 and len(valid) >= 2
+    assert not {pair.name for pair in train.pairs} & {pair.name for pair in valid.pairs}
+    enhanced, original = train.load(0)
+    assert enhanced.shape == original.shape and enhanced.dtype == np.uint8
+
+
+def test_train_resume_degrade_and_redo_with_another_model(workspace):
+    runner = CliRunner()
+    root = ["--root", str(workspace.root)]
+    first = runner.invoke(cli, root + TRAIN + ["--steps", "3"])
+    assert first.exit_code == 0, first.output
+    assert "train-degrader: 3 steps" in first.output and "validation PSNR" in first.output
+    checkpoint = workspace.degrader_checkpoint()
+    assert checkpoint.exists()
+
+    degraded = runner.invoke(cli, root + ["degrade", "--device", "cpu", "--workers", "1", "--batch-size", "2"])
+    assert degraded.exit_code == 0, degraded.output
+    assert "3 pseudo originals written" in degraded.output
+    latest = latest_by(workspace.flickr_manifest(NSID).read().records, "photo_id")
+    digests = {record["degraded"]["model"] for record in latest.values()}
+    assert len(digests) == 1
+    for record in latest.values():
+        output = read_image(workspace.resolve_relative(record["degraded"]["file"]))
+        assert (output.width, output.height) == (record["width"], record["height"])
+        assert record["degraded"]["source_sha256"] == record["sha256"]
+
+    again = runner.invoke(cli, root + ["degrade", "--device", "cpu", "--workers", "1"])
+    assert "0 pseudo originals written" in again.output and "3 already done" in again.output
+
+    resumed = runner.invoke(cli, root + TRAIN + ["--steps", "6"])  # continues from step 3
+    assert resumed.exit_code == 0, resumed.output
+    redo = runner.invoke(cli, root + ["degrade", "--device", "cpu", "--workers", "1"])
+    assert "3 pseudo originals written" in redo.output
+    latest = latest_by(workspace.flickr_manifest(NSID).read().records, "photo_id")
+    assert {record["degraded"]["model"] for record in latest.values()}.isdisjoint(digests)
+
+
+def test_bad_checkpoint_and_bad_photo_are_one_line_errors(workspace):
+    runner = CliRunner()
+    root = ["--root", str(workspace.root)]
+    checkpoint = workspace.degrader_checkpoint()
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"not a checkpoint")
+    result = runner.invoke(cli, root + ["degrade", "--device", "cpu", "--workers", "1"])
+    assert result.exit_code == 1 and "dsn.pt" in result.output and len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(cli, root + TRAIN + ["--steps", "3"])
+    assert result.exit_code == 1 and "dsn.pt" in result.output and "Traceback" not in result.output
+
+    checkpoint.unlink()
+    assert runner.invoke(cli, root + TRAIN + ["--steps", "3"]).exit_code == 0
+    workspace.flickr_photo(NSID, "1001").write_bytes(b"\xff\xd8\xff garbage")
+    result = runner.invoke(cli, root + ["degrade", "--device", "cpu", "--workers", "1"])
+    assert result.exit_code == 0 and "2 pseudo originals written" in result.output and "1 failed" in result.output
