@@ -38,6 +38,7 @@ log = logging.getLogger("pie.demo")
 
 DEMO_KEY, DEMO_SECRET = "demo-key", "demo-secret"
 DEMO_USERS, DEMO_PHOTOS, DEMO_PER_USER = 12, 30, 20
+DEMO_STEPS, DEMO_CROP = 120, 64
 DEMO_FAULTS = "api:500=0.05,api:429=0.05,img:500=0.03,img:truncate=0.03,img:html=0.02"
 
 
@@ -102,6 +103,22 @@ def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], 
         rules_summary = run_rules(workspace, sources, builtin_rules(), client=client)
     say(rules_summary.line())
 
+    from degrader.dsn import DSNConfig
+    from degrader.train import TrainConfig, train
+
+    from .degrade_stage import rule_pairs, run_degrade
+
+    pairs, valid, _ = rule_pairs(workspace, min_side=DEMO_CROP)
+    config = TrainConfig(model=DSNConfig.tiny(), steps=DEMO_STEPS, batch_size=4, crop_size=DEMO_CROP,
+                         val_every=DEMO_STEPS, checkpoint_every=50, lr_milestones=(DEMO_STEPS // 2,))
+    scores: dict = {}
+    train(config, pairs, valid, workspace.degrader_checkpoint(), device="cpu",
+          on_log=lambda step, metrics: scores.update(metrics))
+    say(f"train-degrader: tiny DSN, {DEMO_STEPS} steps on {len(pairs)} pairs ({len(valid)} held out)"
+        + (f"; validation PSNR degrade {scores['val_psnr_degrade']:.2f} dB" if "val_psnr_degrade" in scores else ""))
+    with dask_client(None, workers) as client:
+        say(run_degrade(workspace, workspace.degrader_checkpoint(), client=client).line())
+
     audit_report = audit(workspace)
     say(audit_report.line())
     result.ok = audit_report.ok and rules_summary.done["failed"] == 0
@@ -136,6 +153,15 @@ def write_report(workspace: Workspace, lines: list[str], rules_image: str | None
         parts.append(f"<h3>{html.escape(nsid)}</h3>")
         parts += [_figure(workspace.resolve_relative(r["file"]), f"{r['photo_id']} ({r['split']}, "
                           f"{r['license']['name']})") for r in kept]
+    pairs = []
+    for nsid in workspace.crawled_users():
+        latest = latest_by(workspace.flickr_manifest(nsid).read().records, "photo_id")
+        pairs += [r for r in latest.values() if r.get("degraded")][:1]
+    if pairs:
+        parts.append("<h2>Pseudo originals (degraded) beside the retouched photos</h2>")
+        for record in pairs:
+            parts.append(_figure(workspace.resolve_relative(record["degraded"]["file"]), f"{record['photo_id']} input")
+                         + _figure(workspace.resolve_relative(record["file"]), "retouched target"))
     if rules_image is not None:
         parts.append(f"<h2>The 25 rule-based pseudo-users on {html.escape(rules_image)}</h2>")
         for rule_dir in sorted((workspace.root / "rules").iterdir()):

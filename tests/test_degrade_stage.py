@@ -45,13 +45,14 @@ def workspace(tmp_path) -> Workspace:
         photo_id = str(1000 + index)
         path = workspace.flickr_photo(NSID, photo_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        payload = encode_jpeg(photo[::4, ::4])
+        small = photo[::4, ::4]
+        payload = encode_jpeg(small)
         path.write_bytes(payload)
         records.append({
             "schema": PHOTO_SCHEMA, "user": NSID, "photo_id": photo_id, "secret": "ab", "server": "1", "size": "z",
             "url": "https://live.staticflickr.com/1/x_ab_z.jpg", "page_url": "https://www.flickr.com/",
             "license": lookup("4").as_record(), "owner_name": "", "title": "", "date_taken": None,
-            "file": workspace.relative(path), "width": photo.shape[1] // 4, "height": photo.shape[0] // 4,
+            "file": workspace.relative(path), "width": small.shape[1], "height": small.shape[0],
             "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest(), "status": "ok", "reason": None,
             "attempts": 1, "fetched_at": "2026-01-01T00:00:00+00:00", "split": "train"})
     workspace.flickr_manifest(NSID).append(records)
