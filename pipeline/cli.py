@@ -77,6 +77,8 @@ def cli(ctx: click.Context, root: Path, config_path: Path | None, verbose: int, 
 @click.option("--num-users", type=click.IntRange(1), default=1000, show_default=True, help="Users to crawl.")
 @click.option("--per-user", type=click.IntRange(1), default=100, show_default=True,
               help="Photos to keep per user; users with fewer eligible photos are passed over.")
+@click.option("--valid-refs", type=click.IntRange(0), default=20, show_default=True,
+              help="Photos of each valid user marked valid_ref (the reference set of the evaluation protocol).")
 @click.option("--size", default="z", show_default=True,
               help="Flickr size suffix to download (z = 640 px longest edge, as in the paper).")
 @click.option("--licenses", default="open", show_default=True,
@@ -105,7 +107,7 @@ def cli(ctx: click.Context, root: Path, config_path: Path | None, verbose: int, 
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the backoff jitter.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and its API budget; call nothing.")
 @pass_session
-def crawl(session: Session, users_file, crawl_list, discover, groups, num_users, per_user, size, licenses,
+def crawl(session: Session, users_file, crawl_list, discover, groups, num_users, per_user, valid_refs, size, licenses,
           min_side, mirror, api_key, api_secret, api_url, calls_per_hour, concurrency, per_host, timeout,
           attempts, retry_base, seed, dry_run) -> None:
     """Crawl Flickr users' photos into ROOT/flickr/<nsid>/ with one manifest per user."""
@@ -119,7 +121,7 @@ def crawl(session: Session, users_file, crawl_list, discover, groups, num_users,
     try:
         extras_for(size)
         source = Source(users_file, crawl_list, discover, tuple(groups))
-        options = CrawlOptions(num_users=num_users, per_user=per_user, size=size,
+        options = CrawlOptions(num_users=num_users, per_user=per_user, valid_refs=valid_refs, size=size,
                                licenses=parse_license_filter(licenses), mirror=mirror)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

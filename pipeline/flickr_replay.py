@@ -40,6 +40,7 @@ import logging
 import re
 import socket
 import socketserver
+import sys
 import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -502,6 +503,11 @@ class _HttpServer(http.server.ThreadingHTTPServer):
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, _RequestHandler)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that drops its connection (a timeout, a killed crawler) is normal here: one debug line."""
+        error = sys.exc_info()[1]
+        log.debug("%s: connection ended: %s: %s", client_address, type(error).__name__, error)
 
     def server_bind(self) -> None:
         """Bind without the reverse DNS lookup of ``HTTPServer.server_bind``."""

@@ -232,3 +232,28 @@ def test_kill_minus_nine_then_resume_equals_a_straight_run(corpus, tmp_path):
     assert result.exit_code == 0, result.output
     assert final_state(killed) == final_state(straight)
     assert audit(Workspace(killed)).ok
+
+
+def test_a_rejection_after_the_last_submission_gets_a_replacement(tmp_path):
+    """Duplicates found late still leave every user complete and finalised (valid users with references)."""
+    folder = tmp_path / "replay"
+    nsids = build_corpus(folder, users=2, photos_per_user=12, valid_users=1, longest_edge=(340, 420), seed=4)
+    for sidecar in folder.rglob("*.json"):
+        if sidecar.name != "user.json":
+            sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "license": "4"}))
+    for nsid in nsids:
+        photos = sorted((folder / nsid).glob("*.jpg"))
+        for index, photo in enumerate(photos[-3:]):  # copies of photos listed early, under newer ids
+            copy_id = str(int(photo.stem) + 90_000 + index)
+            (folder / nsid / f"{copy_id}.jpg").write_bytes(photo.read_bytes())
+            (folder / nsid / f"{copy_id}.json").write_text(json.dumps({"license": "4"}))
+    with ReplayServer(folder, api_key=KEY) as server:
+        args = crawl_args(server, tmp_path / "ws", users_file(tmp_path, nsids)) + ["--per-user", "12",
+                                                                                   "--valid-refs", "5"]
+        result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    users = [json.loads(line) for line in (tmp_path / "ws/manifests/flickr-users.jsonl").read_text().splitlines()]
+    assert sorted(u["user"] for u in users) == sorted(nsids)
+    assert all(u["status"] == "complete" and u["photos_ok"] == 12 for u in users)
+    report = audit(Workspace(tmp_path / "ws"), valid_refs=5)
+    assert report.statuses["rejected"] >= 1 and not [p for p in report.problems if "reference" in p]

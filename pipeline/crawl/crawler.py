@@ -215,7 +215,7 @@ def plan_from_list(nsid: str, urls: list[str], entries: list[dict] | None, optio
 # Committing results ----------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class _UserState:
     """Book-keeping for one user while its downloads are in flight."""
 
@@ -384,7 +384,10 @@ class Crawler:
                 state, candidate, future = window.popleft()
                 state.in_flight -= 1
                 self._commit(state, candidate, future.result())
-                if state.in_flight == 0 and not self._wants_more(state):
+                if self._wants_more(state):
+                    if not any(other is state for other in active):  # a failure after its last submission: it needs a replacement
+                        active.appendleft(state)
+                elif state.in_flight == 0:
                     self._finalise(state)
         finally:
             for _, _, future in window:
