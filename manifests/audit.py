@@ -65,6 +65,7 @@ def audit_flickr(workspace: Workspace, report: AuditReport, *, licenses: frozens
                  valid_refs: int = 20, verify_checksums: bool = True) -> None:
     """Audit the Flickr crawl part of ``workspace`` into ``report``."""
     seen_sha: dict[str, str] = {}
+    degraded_count = 0
     for nsid in workspace.crawled_users():
         store = workspace.flickr_manifest(nsid)
         read = store.read()
@@ -94,24 +95,15 @@ def audit_flickr(workspace: Workspace, report: AuditReport, *, licenses: frozens
             other = seen_sha.setdefault(record["sha256"], f"{nsid}/{photo_id}")
             if other != f"{nsid}/{photo_id}":
                 report.problems.append(f"{where}: same bytes as {other}")
-            try:
-                path = workspace.resolve_relative(record["file"])
-            except OutsideWorkspaceError as exc:
-                report.problems.append(f"{where}: {exc}")
-                continue
-            kept.add(path.name)
-            if not path.is_file():
-                report.problems.append(f"{where}: file {record['file']} is missing")
-                continue
-            size = path.stat().st_size
-            if size != record["bytes"]:
-                report.problems.append(f"{where}: {record['file']} has {size} bytes, record says {record['bytes']}")
-                continue
-            if verify_checksums:
-                report.files_checked += 1
-                report.bytes_checked += size
-                if _sha256(path) != record["sha256"]:
-                    report.problems.append(f"{where}: {record['file']} does not match its sha256")
+            kept.add(Path(record["file"]).name)
+            _check_file(workspace, report, where, record["file"], record["bytes"], record["sha256"], verify_checksums)
+            degraded = record.get("degraded")
+            if isinstance(degraded, dict):
+                degraded_count += 1
+                if degraded.get("source_sha256") != record["sha256"]:
+                    report.problems.append(f"{where}: pseudo original was made from other bytes; rerun pie degrade")
+                _check_file(workspace, report, f"{where} (degraded)", degraded.get("file"), None,
+                            degraded.get("sha256"), verify_checksums)
         if user_splits["valid"] + user_splits["valid_ref"] and user_splits["valid_ref"] != min(
                 valid_refs, user_splits["valid"] + user_splits["valid_ref"]):
             report.problems.append(f"{store.path.name}: valid user has {user_splits['valid_ref']} reference "
@@ -123,11 +115,48 @@ def audit_flickr(workspace: Workspace, report: AuditReport, *, licenses: frozens
             for path in sorted(folder.iterdir()):
                 if path.name not in kept:
                     report.problems.append(f"flickr/{nsid}/{path.name}: file on disk without an ok record")
-    report.sections["flickr"] = {"users": report.users, "records": report.records}
+    report.sections["flickr"] = {"users": report.users, "records": report.records, "degraded": degraded_count}
 
 
-def audit(workspace: Workspace, **options) -> AuditReport:
-    """Audit every part of the workspace that exists."""
+def _check_file(workspace: Workspace, report: AuditReport, where: str, relative: str, size: object,
+                sha256: object, verify_checksums: bool) -> None:
+    """One kept file: inside the workspace, present, of the recorded size and SHA-256."""
+    try:
+        path = workspace.resolve_relative(relative)
+    except (OutsideWorkspaceError, TypeError) as exc:
+        report.problems.append(f"{where}: {exc}")
+        return
+    if not path.is_file():
+        report.problems.append(f"{where}: file {relative} is missing")
+        return
+    if size is not None and path.stat().st_size != size:
+        report.problems.append(f"{where}: {relative} has {path.stat().st_size} bytes, record says {size}")
+        return
+    if verify_checksums:
+        report.files_checked += 1
+        report.bytes_checked += path.stat().st_size
+        if _sha256(path) != sha256:
+            report.problems.append(f"{where}: {relative} does not match its sha256")
+
+
+def audit_rules(workspace: Workspace, report: AuditReport, *, verify_checksums: bool = True) -> None:
+    """Audit the rule outputs: every latest ``ok`` record's PNG against its size and SHA-256."""
+    folder = workspace.root / "manifests" / "rules"
+    counts: Counter = Counter()
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        read = workspace.rules_manifest(path.stem).read()
+        report.problems.extend(problem for problem in read.problems if "torn last line" not in problem)
+        for name, record in sorted(latest_by(read.records, "name").items()):
+            counts[record.get("status")] += 1
+            if record.get("status") == "ok":
+                _check_file(workspace, report, f"{path.name} {name}", record.get("file"), record.get("bytes"),
+                            record.get("sha256"), verify_checksums)
+    report.sections["rules"] = dict(counts)
+
+
+def audit(workspace: Workspace, *, verify_checksums: bool = True, **options) -> AuditReport:
+    """Audit every part of the workspace that exists: the crawl, its pseudo originals, the rule outputs."""
     report = AuditReport()
-    audit_flickr(workspace, report, **options)
+    audit_flickr(workspace, report, verify_checksums=verify_checksums, **options)
+    audit_rules(workspace, report, verify_checksums=verify_checksums)
     return report

@@ -37,7 +37,7 @@ from .imageio import encode_png, read_image
 log = logging.getLogger("pie.demo")
 
 DEMO_KEY, DEMO_SECRET = "demo-key", "demo-secret"
-DEMO_USERS, DEMO_PHOTOS, DEMO_PER_USER = 12, 30, 20
+DEMO_USERS, DEMO_PHOTOS, DEMO_PER_USER = 12, 30, 12
 DEMO_STEPS, DEMO_CROP = 120, 64
 DEMO_FAULTS = "api:500=0.05,api:429=0.05,img:500=0.03,img:truncate=0.03,img:html=0.02"
 

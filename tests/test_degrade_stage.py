@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from skimage import data
 
+from manifests.audit import audit
 from manifests.jsonl import latest_by
 from manifests.licenses import lookup
 from manifests.records import PHOTO_SCHEMA
@@ -87,8 +88,15 @@ def test_train_resume_degrade_and_redo_with_another_model(workspace):
         assert (output.width, output.height) == (record["width"], record["height"])
         assert record["degraded"]["source_sha256"] == record["sha256"]
 
+    report = audit(workspace)
+    assert report.ok, report.problems
+    assert report.sections["flickr"]["degraded"] == 3 and report.sections["rules"] == {"ok": 8}
+    pseudo = workspace.resolve_relative(latest["1000"]["degraded"]["file"])
+    pseudo.write_bytes(pseudo.read_bytes()[:-10] + b"0123456789")
+    assert any("(degraded)" in p and "sha256" in p for p in audit(workspace).problems)
+
     again = runner.invoke(cli, root + ["degrade", "--device", "cpu", "--workers", "1"])
-    assert "0 pseudo originals written" in again.output and "3 already done" in again.output
+    assert "1 pseudo originals written" in again.output and "2 already done" in again.output  # the tampered one
 
     resumed = runner.invoke(cli, root + TRAIN + ["--steps", "6"])  # continues from step 3
     assert resumed.exit_code == 0, resumed.output

@@ -56,13 +56,24 @@ def resume_config(steps=6):
                        val_every=3, checkpoint_every=3)
 
 
-def run_resume_training(checkpoint_path, kill_at_step=None):
-    """Train ``resume_config``; with ``kill_at_step`` the process SIGKILLs itself after that step."""
+def run_resume_training(checkpoint_path, kill_at_step=None, on_step=None):
+    """Train ``resume_config`` on one CPU thread; with ``kill_at_step`` the process SIGKILLs itself then.
+
+    Bit-identical results need the same thread count in every run: CPU
+    convolutions sum in a thread-dependent order.
+    """
     def on_log(step, metrics):
+        if on_step is not None:
+            on_step(step)
         if step == kill_at_step:
             os.kill(os.getpid(), 9)
-    return train(resume_config(), PhotoPairs(TRAIN_PHOTOS), PhotoPairs(VAL_PHOTOS[:1]), checkpoint_path,
-                 device="cpu", on_log=on_log)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(resume_config(), PhotoPairs(TRAIN_PHOTOS), PhotoPairs(VAL_PHOTOS[:1]), checkpoint_path,
+                     device="cpu", on_log=on_log)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _randomize(module: torch.nn.Module, seed: int, scale: float = 0.05) -> None:
@@ -251,8 +262,7 @@ def test_killed_and_resumed_run_equals_a_straight_run(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
     steps = []
-    resumed = train(resume_config(), PhotoPairs(TRAIN_PHOTOS), PhotoPairs(VAL_PHOTOS[:1]), killed_path,
-                    device="cpu", on_log=lambda step, metrics: steps.append(step))
+    resumed = run_resume_training(killed_path, on_step=steps.append)
     assert steps == [4, 5, 6]
     for name, tensor in straight.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
