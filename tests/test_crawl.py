@@ -257,3 +257,16 @@ def test_a_rejection_after_the_last_submission_gets_a_replacement(tmp_path):
     assert all(u["status"] == "complete" and u["photos_ok"] == 12 for u in users)
     report = audit(Workspace(tmp_path / "ws"), valid_refs=5)
     assert report.statuses["rejected"] >= 1 and not [p for p in report.problems if "reference" in p]
+
+
+def test_discover_finds_owners_with_enough_eligible_photos(corpus, tmp_path):
+    folder, nsids = corpus
+    with ReplayServer(folder, api_key=KEY) as server:
+        args = crawl_args(server, tmp_path / "ws", users_file(tmp_path, nsids))
+        args[args.index("--users"):args.index("--users") + 2] = ["--discover"]
+        result = CliRunner().invoke(cli, args + ["--num-users", "2"])
+        methods = server.stats["methods"]
+    assert result.exit_code == 0, result.output
+    assert methods.get("flickr.photos.search", 0) >= 1
+    users = [json.loads(line) for line in (tmp_path / "ws/manifests/flickr-users.jsonl").read_text().splitlines()]
+    assert len(users) == 2 and all(u["status"] == "complete" and u["user"] in nsids for u in users)

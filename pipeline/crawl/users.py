@@ -25,7 +25,7 @@ from typing import Iterator
 from manifests import ids
 from pipeline.safepickle import UnsafePickleError, load_plain_pickle
 
-from .api import FlickrClient, NotFound
+from .api import ApiError, ApiKeyRejected, FlickrClient, NotFound
 from .listing import ReplyError, parse_photo_page
 
 log = logging.getLogger("pie.crawl")
@@ -133,16 +133,19 @@ def read_crawl_list(path: Path) -> dict[str, list[str]]:
 
 
 def discover_owners(client: FlickrClient, *, licenses: frozenset[str], groups: tuple[str, ...] = (),
-                    max_pages: int = 10, per_page: int = 500) -> Iterator[str]:
+                    max_pages: int = 10, per_page: int = 500, min_upload_date: str = "2004-01-01") -> Iterator[str]:
     """Yield NSIDs of owners of openly licensed photos, each once.
 
-    Sources, in order: photos.search for the licence ids sorted by
-    interestingness, the pools of ``groups``, and interestingness.getList.
+    Sources, in order: photos.search for the licence ids uploaded since
+    ``min_upload_date`` (YYYY-MM-DD) sorted by interestingness, the pools of
+    ``groups``, and interestingness.getList. A source that fails is logged and
+    the next one is tried.
     """
     seen: set[str] = set()
     license_list = ",".join(sorted(licenses, key=int))
+    # Flickr refuses a search limited only by licence (error 3); an upload-date bound is a limit.
     sources = [("flickr.photos.search", {"license": license_list, "sort": "interestingness-desc",
-                                         "content_type": 1, "media": "photos"})]
+                                         "content_type": 1, "media": "photos", "min_upload_date": min_upload_date})]
     sources += [("flickr.groups.pools.getPhotos", {"group_id": group}) for group in groups]
     sources.append(("flickr.interestingness.getList", {}))
     for method, params in sources:
@@ -151,7 +154,9 @@ def discover_owners(client: FlickrClient, *, licenses: frozenset[str], groups: t
             try:
                 reply = client.call(method, per_page=per_page, page=page, extras="owner_name", **params)
                 entries, _, pages = parse_photo_page(reply)
-            except (NotFound, ReplyError) as exc:
+            except ApiKeyRejected:
+                raise
+            except (ApiError, ReplyError) as exc:
                 log.warning("discovery through %s stopped: %s", method, exc)
                 break
             for entry in entries:
