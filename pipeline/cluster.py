@@ -67,7 +67,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
         cluster = None
     else:
         cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                               dashboard_address=":0", memory_limit=memory_limit, silence_logs=logging.ERROR)
+                               dashboard_address=":0", memory_limit=memory_limit, silence_logs=logging.CRITICAL)
         client = Client(cluster)
     try:
         client.register_plugin(_worker_plugin())
