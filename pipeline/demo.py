@@ -83,10 +83,10 @@ def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], 
         report(line)
 
     corpus = workspace.root / "demo" / "corpus"
-    if not (corpus / ".complete").exists():
-        nsids = build_corpus(corpus, users=DEMO_USERS, photos_per_user=DEMO_PHOTOS)
-        (corpus / ".complete").write_text("\n".join(nsids))
-    nsids = (corpus / ".complete").read_text().split()
+    built = workspace.root / "demo" / "corpus-users.txt"  # written last: the corpus is complete
+    if not built.exists():
+        built.write_text("\n".join(build_corpus(corpus, users=DEMO_USERS, photos_per_user=DEMO_PHOTOS)))
+    nsids = built.read_text().split()
     users_file = workspace.root / "demo" / "users.txt"
     users_file.write_text("\n".join([nsids[0], "sample-user-01", "https://www.flickr.com/photos/sample02/",
                                      "999999@N01", *nsids[3:]]) + "\n")
