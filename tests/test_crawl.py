@@ -232,6 +232,8 @@ def test_kill_minus_nine_then_resume_equals_a_straight_run(corpus, tmp_path):
     assert result.exit_code == 0, result.output
     assert final_state(killed) == final_state(straight)
     assert audit(Workspace(killed)).ok
+    rerun = CliRunner().invoke(cli, [a for a in crawl_args(server, killed, users) if a != "-q"])
+    assert "photos 0 ok (+24 already done)" in rerun.output
 
 
 def test_a_rejection_after_the_last_submission_gets_a_replacement(tmp_path):

@@ -422,7 +422,6 @@ class Crawler:
             state.next_candidate += 1
             previous = state.latest.get(candidate.photo_id)
             if candidate.photo_id in state.ok:
-                self.summary.skipped += 1
                 continue
             if previous is not None and previous.get("status") == "rejected":
                 continue
@@ -436,6 +435,7 @@ class Crawler:
                 self.record_problem(item)
                 continue
             state = self._load_user(item)
+            self.summary.skipped += len(state.ok)
             for candidate, reason in item.rejected:
                 if state.latest.get(candidate.photo_id, {}).get("status") != "rejected":
                     record = self._record(state, candidate, "rejected", reason=reason)
