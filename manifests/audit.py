@@ -9,11 +9,11 @@ have its reference photos. Each problem is one line naming the file or record.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .files import file_sha256
 from .jsonl import latest_by
 from .licenses import OPEN_LICENSE_IDS
 from .records import RecordError, validate_photo_record
@@ -51,14 +51,6 @@ class AuditReport:
                 f"{self.statuses['failed']} failed, {self.statuses['rejected']} rejected), "
                 f"{self.files_checked} files verified ({self.bytes_checked / 2**20:.1f} MiB); "
                 f"licences: {licences or 'none'}; {len(self.problems)} problems")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def audit_flickr(workspace: Workspace, report: AuditReport, *, licenses: frozenset[str] = OPEN_LICENSE_IDS,
@@ -135,7 +127,7 @@ def _check_file(workspace: Workspace, report: AuditReport, where: str, relative:
     if verify_checksums:
         report.files_checked += 1
         report.bytes_checked += path.stat().st_size
-        if _sha256(path) != sha256:
+        if file_sha256(path) != sha256:
             report.problems.append(f"{where}: {relative} does not match its sha256")
 
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    import distributed
 
 log = logging.getLogger("pie.cluster")
 

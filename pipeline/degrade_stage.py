@@ -29,6 +29,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from manifests.files import file_sha256, write_atomic
 from manifests.jsonl import latest_by
 from manifests.workspace import Workspace
 
@@ -154,7 +155,7 @@ def pending_jobs(workspace: Workspace, digest: str, image_format: str) -> tuple[
 
 def _matches(path: Path, sha256: str | None) -> bool:
     try:
-        return sha256 is not None and hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+        return sha256 is not None and file_sha256(path) == sha256
     except OSError:
         return False
 
@@ -200,11 +201,7 @@ def degrade_jobs(root: str, checkpoint: str, jobs: list[DegradeJob], *, device: 
     outputs = degrade_batch(model, images, device, max_batch_pixels=max_batch_pixels) if images else []
     for job, pixels in zip(ready, outputs):
         data = encode_png(pixels) if image_format == "png" else encode_jpeg(pixels, quality)
-        target = workspace.resolve_relative(job.target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f"{target.name}.part-{os.getpid()}")
-        temporary.write_bytes(data)
-        os.replace(temporary, target)
+        write_atomic(workspace.resolve_relative(job.target), data)
         results.append({"user": job.user, "photo_id": job.photo_id, "status": "ok", "reason": None,
                         "degraded": {"file": job.target, "sha256": hashlib.sha256(data).hexdigest(),
                                      "format": image_format, "model": digest}})

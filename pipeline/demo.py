@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Callable
 
 import cv2
-import numpy as np
 
 from manifests.audit import audit
 from manifests.jsonl import latest_by
 from manifests.workspace import Workspace
 
 from .corpus import build_corpus, source_photographs
-from .imageio import encode_png, read_image
+from .imageio import encode_jpeg, encode_png, read_image, shrink_to_max_side
 
 log = logging.getLogger("pie.demo")
 
@@ -58,12 +57,7 @@ def prepare_originals(folder: Path, max_side: int = 512) -> None:
         target = folder / f"{Path(name).stem.replace('_', '-')}.png"
         if target.exists():
             continue
-        pixels = read_image(path).as_uint8()
-        scale = max_side / max(pixels.shape[:2])
-        if scale < 1:
-            pixels = cv2.resize(pixels, (round(pixels.shape[1] * scale), round(pixels.shape[0] * scale)),
-                                interpolation=cv2.INTER_AREA)
-        target.write_bytes(encode_png(pixels))
+        target.write_bytes(encode_png(shrink_to_max_side(read_image(path).as_uint8(), max_side)))
 
 
 def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], None] = print) -> DemoResult:
@@ -131,8 +125,7 @@ def _thumbnail(path: Path, height: int = 120) -> str:
     pixels = read_image(path).as_uint8()
     scale = height / pixels.shape[0]
     small = cv2.resize(pixels, (max(1, round(pixels.shape[1] * scale)), height), interpolation=cv2.INTER_AREA)
-    ok, buffer = cv2.imencode(".jpg", np.ascontiguousarray(small[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 80])
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.tobytes()).decode("ascii")
+    return "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(small, quality=80)).decode("ascii")
 
 
 def _figure(path: Path, caption: str) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 #: Largest image accepted, in pixels (about 16k x 16k). Larger images are refused
 #: as decompression bombs before their pixels are decoded.
@@ -206,6 +206,17 @@ def encode_jpeg(pixels: np.ndarray, quality: int = 95) -> bytes:
     if not ok:
         raise ImageError("JPEG encoding failed")
     return buffer.tobytes()
+
+
+def shrink_to_max_side(pixels: np.ndarray, max_side: int | None) -> np.ndarray:
+    """``pixels`` scaled down (area filter) so its longest side is at most ``max_side``; never enlarged."""
+    import cv2
+
+    if not max_side or max(pixels.shape[:2]) <= max_side:
+        return pixels
+    scale = max_side / max(pixels.shape[:2])
+    size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
 
 
 def float_to_uint8(image: np.ndarray) -> np.ndarray:

@@ -13,23 +13,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-import cv2
 import numpy as np
 
 from manifests import ids
+from manifests.files import write_atomic
 from manifests.jsonl import latest_by
 from manifests.records import utc_now
 from manifests.workspace import Workspace
 from rules.registry import Rule
 
-from .imageio import ImageError, decode_image, encode_png, float_to_uint8
+from .imageio import ImageError, decode_image, encode_png, float_to_uint8, shrink_to_max_side
 
 log = logging.getLogger("pie.rules")
 
@@ -85,12 +84,7 @@ def load_source(path: Path, max_side: int | None) -> tuple[np.ndarray, str]:
     """float32 RGB [0, 1] of an original, shrunk to ``max_side`` (area filter), and its file SHA-256."""
     data = Path(path).read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    image = decode_image(data, str(path)).as_float()
-    if max_side and max(image.shape[:2]) > max_side:
-        scale = max_side / max(image.shape[:2])
-        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    return image, digest
+    return shrink_to_max_side(decode_image(data, str(path)).as_float(), max_side), digest
 
 
 def run_pair(root: str, source: SourceImage, rule: Rule, max_side: int | None) -> dict:
@@ -113,10 +107,7 @@ def run_pair(root: str, source: SourceImage, rule: Rule, max_side: int | None) -
         record.update(status="failed", reason=f"{rule.name} failed: {exc.__class__.__name__}: {exc}"[:300],
                       file=None)
     else:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        temporary = output.with_name(f"{output.name}.part-{os.getpid()}")
-        temporary.write_bytes(data)
-        os.replace(temporary, output)
+        write_atomic(output, data)
         record.update(width=int(pixels.shape[1]), height=int(pixels.shape[0]), bytes=len(data),
                       sha256=hashlib.sha256(data).hexdigest())
     record.update(seconds=round(time.perf_counter() - started, 4), created_at=utc_now())

@@ -27,17 +27,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import queue
 import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from manifests import ids
+from manifests.files import PARTIAL_MARK, file_sha256, write_atomic
 from manifests.jsonl import latest_by
 from manifests.licenses import OPEN_LICENSE_IDS
 from manifests.records import PHOTO_SCHEMA, USER_SCHEMA, utc_now
@@ -128,13 +127,6 @@ class CrawlAborted(RuntimeError):
 # Listing ---------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.part-{os.getpid()}-{threading.get_ident()}")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
 def fetch_listing(client: FlickrClient, workspace: Workspace, nsid: str, options: CrawlOptions,
                   enough: int) -> list[dict]:
     """The user's public photo entries, from the cache or people.getPublicPhotos.
@@ -159,7 +151,7 @@ def fetch_listing(client: FlickrClient, workspace: Workspace, nsid: str, options
         if len(entries) >= enough:
             break
         page += 1
-    _atomic_write(cache, json.dumps({"size": options.size, "fetched_at": utc_now(), "photos": entries}).encode())
+    write_atomic(cache, json.dumps({"size": options.size, "fetched_at": utc_now(), "photos": entries}).encode())
     return entries
 
 
@@ -269,7 +261,7 @@ class Crawler:
     def _file_matches(self, record: dict) -> bool:
         try:
             path = self.workspace.resolve_relative(record["file"])
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            digest = file_sha256(path)
         except (OSError, ValueError, KeyError, TypeError):
             return False
         return digest == record.get("sha256")
@@ -277,7 +269,7 @@ class Crawler:
     def _remove_partial_files(self, nsid: str) -> None:
         folder = self.workspace.root / "flickr" / nsid
         if folder.is_dir():
-            for partial in folder.glob("*.part-*"):
+            for partial in folder.glob(f"*{PARTIAL_MARK}*"):
                 partial.unlink(missing_ok=True)
 
     # Records ----------------------------------------------------------------------------------
@@ -321,7 +313,7 @@ class Crawler:
                 status, reason = "rejected", duplicate
             else:
                 path = self.workspace.flickr_photo(candidate.user, candidate.photo_id)
-                _atomic_write(path, fetched.data)
+                write_atomic(path, fetched.data)
                 file = self.workspace.relative(path)
                 self.index.add(key, fetched.sha256, fetched.phash)
                 state.ok.add(candidate.photo_id)
