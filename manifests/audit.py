@@ -4,7 +4,9 @@ The audit reads only the workspace: every latest photo record is validated
 against the schema, every ``ok`` record's file must exist inside the workspace
 with the recorded size and SHA-256, kept photos must carry an allowed licence
 and appear once, files on disk must have a record, and each valid user must
-have its reference photos. Each problem is one line naming the file or record.
+have its reference photos. Prepared FiveK originals and rule outputs are
+checked the same way, and each rule output against the prepared original it
+was made from. Each problem is one line naming the file or record.
 """
 
 from __future__ import annotations
@@ -132,7 +134,13 @@ def _check_file(workspace: Workspace, report: AuditReport, where: str, relative:
 
 
 def audit_rules(workspace: Workspace, report: AuditReport, *, verify_checksums: bool = True) -> None:
-    """Audit the rule outputs: every latest ``ok`` record's PNG against its size and SHA-256."""
+    """Audit the prepared originals and the rule outputs.
+
+    Every latest ``ok`` record's PNG (``fivek/`` and ``rules/``) is checked
+    against its size and SHA-256, and every ``ok`` rule output must have been
+    made from the current prepared original of its image (``input_sha256``).
+    """
+    prepared = _audit_prepared(workspace, report, verify_checksums)
     folder = workspace.root / "manifests" / "rules"
     counts: Counter = Counter()
     for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
@@ -141,13 +149,43 @@ def audit_rules(workspace: Workspace, report: AuditReport, *, verify_checksums: 
         for name, record in sorted(latest_by(read.records, "name").items()):
             counts[record.get("status")] += 1
             if record.get("status") == "ok":
-                _check_file(workspace, report, f"{path.name} {name}", record.get("file"), record.get("bytes"),
+                where = f"{path.name} {name}"
+                _check_file(workspace, report, where, record.get("file"), record.get("bytes"),
                             record.get("sha256"), verify_checksums)
+                _check_input(report, where, record, prepared.get(name))
     report.sections["rules"] = dict(counts)
 
 
+def _audit_prepared(workspace: Workspace, report: AuditReport, verify_checksums: bool) -> dict[str, dict]:
+    """Check the PNG of every latest ``ok`` prepared-original record; return the latest records by name."""
+    store = workspace.prepared_manifest()
+    read = store.read()
+    report.problems.extend(problem for problem in read.problems if "torn last line" not in problem)
+    latest = latest_by(read.records, "name")
+    counts: Counter = Counter()
+    for name, record in sorted(latest.items()):
+        counts[record.get("status")] += 1
+        if record.get("status") == "ok":
+            _check_file(workspace, report, f"{store.path.name} {name}", record.get("file"), record.get("bytes"),
+                        record.get("sha256"), verify_checksums)
+    report.sections["fivek"] = dict(counts)
+    return latest
+
+
+def _check_input(report: AuditReport, where: str, record: dict, prepared: dict | None) -> None:
+    """One ``ok`` rule output: made from the current ``ok`` prepared original of its image."""
+    if record.get("input_sha256") is None:
+        report.problems.append(f"{where}: made before prepared originals were kept (no input_sha256); "
+                               "rerun pie rules")
+    elif prepared is None or prepared.get("status") != "ok":
+        report.problems.append(f"{where}: no ok prepared original recorded in fivek.jsonl; rerun pie rules")
+    elif record["input_sha256"] != prepared.get("sha256"):
+        report.problems.append(f"{where}: made from another version of {prepared.get('file')}; rerun pie rules")
+
+
 def audit(workspace: Workspace, *, verify_checksums: bool = True, **options) -> AuditReport:
-    """Audit every part of the workspace that exists: the crawl, its pseudo originals, the rule outputs."""
+    """Audit every part of the workspace that exists: the crawl, its pseudo originals, the prepared
+    originals and the rule outputs."""
     report = AuditReport()
     audit_flickr(workspace, report, verify_checksums=verify_checksums, **options)
     audit_rules(workspace, report, verify_checksums=verify_checksums)

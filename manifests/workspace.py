@@ -71,6 +71,14 @@ class Workspace:
         return self.root / "state" / "flickr-api-budget.json"
 
     # Rules --------------------------------------------------------------------------------
+    def prepared_original(self, name: str) -> Path:
+        """The FiveK original ``name`` as the rules enhance it: ``ROOT/fivek/<name>.png`` (8-bit RGB)."""
+        return self.inside(self.root / "fivek" / f"{ids.check_rule_name(name)}.png")
+
+    def prepared_manifest(self) -> JsonlStore:
+        """Prepared-original records, one per image (latest by ``name`` wins)."""
+        return JsonlStore(self.root / "manifests" / "fivek.jsonl")
+
     def rule_output(self, rule: str, name: str) -> Path:
         return self.inside(self.root / "rules" / ids.check_rule_name(rule) / f"{ids.check_rule_name(name)}.png")
 
@@ -83,3 +91,8 @@ class Workspace:
 
     def degraded_photo(self, nsid: str, photo_id: str, suffix: str = ".jpg") -> Path:
         return self.inside(self.root / "degraded" / ids.check_nsid(nsid) / (ids.check_photo_id(photo_id) + suffix))
+
+    # Shards -------------------------------------------------------------------------------
+    def shards_dir(self) -> Path:
+        """Default output folder of ``pie shard``."""
+        return self.root / "shards"

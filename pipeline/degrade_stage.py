@@ -6,10 +6,11 @@ the 25 rule-based outputs back to their FiveK originals. This module gives the
 degrader package its data (it never reads files itself) and runs inference
 over the crawl:
 
-* training pairs are every ``ok`` rule output with its original, read from the
-  rules manifests; originals are decoded once and shrunk to the rule's
-  ``max_side``, so both images of a pair have the same size; about 10% of the
-  original images (by hash of their name) are held out for validation;
+* training pairs are every ``ok`` rule output with the prepared original it
+  was made from (``ROOT/fivek/<name>.png``, the record's ``input_file``), read
+  from the rules manifests, so both images of a pair are exactly what the rule
+  read and wrote; about 10% of the original images (by hash of their name) are
+  held out for validation;
 * ``degrade`` writes ``ROOT/degraded/<nsid>/<photo_id>.jpg`` (quality 95) or
   ``.png`` and appends the photo's record with a ``degraded`` object (file,
   sha256, format, the checkpoint's weights digest). Batches run in-process on
@@ -34,7 +35,6 @@ from manifests.jsonl import latest_by
 from manifests.workspace import Workspace
 
 from .imageio import ImageError, encode_jpeg, encode_png, read_image
-from .rules_stage import load_source
 
 log = logging.getLogger("pie.degrade")
 
@@ -46,17 +46,16 @@ VALID_FRACTION = 0.10
 
 @dataclass(frozen=True)
 class RulePair:
-    """One training pair: a rule output and the original it was made from."""
+    """One training pair: a rule output and the prepared original (``ROOT/fivek/<name>.png``) it was made from."""
 
     output: Path
-    source: Path
-    max_side: int | None
+    original: Path
     name: str
     rule: str
 
 
 class RulePairs:
-    """A :class:`degrader.train.PairSource` over rule outputs; originals cached (LRU)."""
+    """A :class:`degrader.train.PairSource` over rule outputs; originals cached (LRU, ``cache_size`` images)."""
 
     def __init__(self, pairs: list[RulePair], cache_size: int = 64):
         self.pairs = pairs
@@ -67,17 +66,17 @@ class RulePairs:
         return len(self.pairs)
 
     def _original(self, pair: RulePair) -> np.ndarray:
-        key = (pair.source, pair.max_side)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        image, _ = load_source(pair.source, pair.max_side)
-        self._cache[key] = image
+        if pair.original in self._cache:
+            self._cache.move_to_end(pair.original)
+            return self._cache[pair.original]
+        image = read_image(pair.original).as_uint8()
+        self._cache[pair.original] = image
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return image
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(enhanced, original)``, both uint8 RGB ``H x W x 3`` of the same size."""
         pair = self.pairs[index]
         return read_image(pair.output).as_uint8(), self._original(pair)
 
@@ -91,28 +90,42 @@ def rule_pairs(workspace: Workspace, *, valid_fraction: float = VALID_FRACTION,
                min_side: int = 1) -> tuple[RulePairs, RulePairs, list[str]]:
     """Training and validation pairs from the rules manifests, and one-line problems.
 
-    Every original name falls in one split, so no original is seen in both. At
-    least one name is held out when there are two or more.
+    A rule output is used with the prepared original its record names
+    (``input_file``) when that is still the current prepared original of its
+    image (same SHA-256 as the latest ``ok`` record in ``manifests/fivek.jsonl``);
+    the others are left out and counted in one problem per manifest. Every
+    original name falls in one split, so no original is seen in both. At least
+    one name is held out when there are two or more.
     """
     manifest_dir = workspace.root / "manifests" / "rules"
+    prepared = latest_by(workspace.prepared_manifest().read().records, "name")
     problems: list[str] = []
     by_name: dict[str, list[RulePair]] = {}
     for path in sorted(manifest_dir.glob("*.jsonl")) if manifest_dir.is_dir() else []:
         read = workspace.rules_manifest(path.stem).read()
         problems += read.problems
+        stale = 0
         for record in latest_by(read.records, "name").values():
             if record.get("status") != "ok":
                 continue
+            current = prepared.get(record["name"]) or {}
+            if not record.get("input_file") or current.get("status") != "ok" \
+                    or current.get("sha256") != record.get("input_sha256"):
+                stale += 1
+                continue
             try:
                 output = workspace.resolve_relative(record["file"])
+                original = workspace.resolve_relative(record["input_file"])
             except (ValueError, KeyError, TypeError) as exc:
                 problems.append(f"{path.name} {record.get('name')}: {exc}")
                 continue
             if min(record.get("width") or 0, record.get("height") or 0) < min_side:
                 problems.append(f"{record['file']}: smaller than the {min_side}-px crop; left out")
                 continue
-            by_name.setdefault(record["name"], []).append(
-                RulePair(output, Path(record["source"]), record.get("max_side"), record["name"], record["rule"]))
+            by_name.setdefault(record["name"], []).append(RulePair(output, original, record["name"], record["rule"]))
+        if stale:
+            problems.append(f"{path.name}: {stale} outputs without their current prepared original in fivek/ "
+                            "left out; rerun `pie rules`")
     names = sorted(by_name)
     held = [name for name in names if _held_out(name, valid_fraction)]
     if not held and len(names) >= 2:

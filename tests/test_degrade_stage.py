@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from manifests.workspace import Workspace
 from pipeline.cli import cli
 from pipeline.degrade_stage import rule_pairs
 from pipeline.imageio import encode_jpeg, encode_png, read_image
-from pipeline.rules_stage import SourceImage, run_pair
+from pipeline.rules_stage import SourceImage, prepare_original, run_pair
 from rules.registry import builtin_rules
 
 NSID = "48600000@N01"
@@ -28,7 +27,7 @@ TRAIN = ["train-degrader", "--model", "tiny", "--crop-size", "32", "--batch-size
 
 @pytest.fixture()
 def workspace(tmp_path) -> Workspace:
-    """Rule outputs of two presets on four originals, and a crawl of one user with three photos."""
+    """Prepared originals and rule outputs of two presets on four images, and a crawl of one user with three photos."""
     workspace = Workspace(tmp_path / "ws")
     originals = tmp_path / "originals"
     originals.mkdir()
@@ -37,10 +36,11 @@ def workspace(tmp_path) -> Workspace:
         (originals / f"img{index}.png").write_bytes(encode_png(photo[::6, ::6]))
     rules = builtin_rules()
     for index in range(len(photos)):
+        prepared = prepare_original(str(workspace.root), SourceImage(f"img{index}", originals / f"img{index}.png"),
+                                    None)
+        workspace.prepared_manifest().append([prepared])
         for name in ("punch", "cold-tone"):
-            record = run_pair(str(workspace.root), SourceImage(f"img{index}", originals / f"img{index}.png"),
-                              rules[name], None)
-            workspace.rules_manifest(name).append([record])
+            workspace.rules_manifest(name).append([run_pair(str(workspace.root), prepared, rules[name])])
     records = []
     for index, photo in enumerate(photos[:3]):
         photo_id = str(1000 + index)
@@ -66,6 +66,27 @@ def test_pairs_hold_out_whole_originals(workspace):
     assert not {pair.name for pair in train.pairs} & {pair.name for pair in valid.pairs}
     enhanced, original = train.load(0)
     assert enhanced.shape == original.shape and enhanced.dtype == np.uint8
+    pair = train.pairs[0]
+    assert pair.original == workspace.prepared_original(pair.name)
+    assert np.array_equal(original, read_image(pair.original).pixels)
+
+
+def test_pairs_leave_out_outputs_without_their_prepared_original(workspace):
+    store = workspace.rules_manifest("punch")
+    record = latest_by(store.read().records, "name")["img0"]
+    store.append([{key: value for key, value in record.items() if not key.startswith("input_")}])
+    prepared = workspace.prepared_manifest()
+    replaced = latest_by(prepared.read().records, "name")["img1"]
+    prepared.append([{**replaced, "sha256": "0" * 64}])
+    train, valid, problems = rule_pairs(workspace)
+    assert len(train) + len(valid) == 5
+    assert problems == ["cold-tone.jsonl: 1 outputs without their current prepared original in fivek/ left out; "
+                        "rerun `pie rules`",
+                        "punch.jsonl: 2 outputs without their current prepared original in fivek/ left out; "
+                        "rerun `pie rules`"]
+    audited = audit(workspace).problems
+    assert sum("rerun pie rules" in problem for problem in audited) == 3
+    assert "fivek.jsonl img1: fivek/img1.png does not match its sha256" in audited
 
 
 def test_train_resume_degrade_and_redo_with_another_model(workspace):
@@ -91,6 +112,7 @@ def test_train_resume_degrade_and_redo_with_another_model(workspace):
     report = audit(workspace)
     assert report.ok, report.problems
     assert report.sections["flickr"]["degraded"] == 3 and report.sections["rules"] == {"ok": 8}
+    assert report.sections["fivek"] == {"ok": 4}
     pseudo = workspace.resolve_relative(latest["1000"]["degraded"]["file"])
     pseudo.write_bytes(pseudo.read_bytes()[:-10] + b"0123456789")
     assert any("(degraded)" in p and "sha256" in p for p in audit(workspace).problems)

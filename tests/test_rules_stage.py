@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,15 +15,17 @@ import tifffile
 from click.testing import CliRunner
 from PIL import Image
 
+from manifests.audit import audit
 from manifests.jsonl import latest_by
 from manifests.workspace import Workspace
 from pipeline.cli import cli
 from pipeline.cluster import dask_client
-from pipeline.imageio import read_image
-from pipeline.rules_stage import find_sources, run_rules
+from pipeline.imageio import encode_png, float_to_uint8, read_image
+from pipeline.rules_stage import SourceImage, find_sources, load_source, run_rules
 from rules.registry import builtin_rules
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "rules" / "presets"
+TWO_RULES = ("punch", "cold-tone")
 
 
 @pytest.fixture(scope="module")
@@ -80,21 +84,140 @@ def test_stage_writes_records_skips_bad_input_and_resumes(originals, tmp_path, c
     assert any("bad.name.png" in p for p in problems)
     chosen = {name: rule for name, rule in builtin_rules().items() if name in ("CLAHE", "punch", "cyanotype")}
     summary = run_rules(workspace, sources, chosen, client=client)
-    assert summary.done == {"ok": 15, "failed": 3}
+    assert summary.done == {"ok": 15, "failed": 3} and summary.prepared == {"ok": 5, "failed": 1}
+    prepared = latest_by(workspace.prepared_manifest().read().records, "name")
+    assert "a0006-truncated.jpg" in prepared["a0006-truncated"]["reason"]
+    assert prepared["a0002-coffee16"]["source"] == str(originals / "a0002-coffee16.tif")
     for name in chosen:
         latest = latest_by(workspace.rules_manifest(name).read().records, "name")
         assert latest["a0006-truncated"]["status"] == "failed"
-        assert "a0006-truncated.jpg" in latest["a0006-truncated"]["reason"]
+        assert latest["a0006-truncated"]["reason"] == prepared["a0006-truncated"]["reason"]
         assert "\n" not in latest["a0006-truncated"]["reason"]
         rotated = read_image(workspace.resolve_relative(latest["a0005-rotated"]["file"]))
         assert rotated.pixels.shape[:2] == (120, 80)  # the EXIF rotation was applied
         ok = latest["a0001-cat"]
         assert ok["source_sha256"] and ok["sha256"] and ok["parameters"] == chosen[name].parameters
+        for image in [source.name for source in sources][:5]:
+            record, original = latest[image], prepared[image]
+            assert record["input_file"] == original["file"] == f"fivek/{image}.png"
+            assert (record["input_sha256"], record["input_bytes"]) == (original["sha256"], original["bytes"])
+    for image in ("a0002-coffee16", "a0005-rotated"):  # the rules read exactly the stored 8-bit pixels
+        pixels = read_image(workspace.prepared_original(image)).as_float()
+        for name, rule in chosen.items():
+            expected = float_to_uint8(rule(pixels))
+            assert np.array_equal(read_image(workspace.rule_output(name, image)).pixels, expected), (name, image)
+    assert read_image(workspace.prepared_original("a0005-rotated")).pixels.shape[:2] == (120, 80)
+    written = {path.name: path.stat().st_mtime_ns for path in (workspace.root / "fivek").iterdir()}
+
     again = run_rules(workspace, sources, chosen, client=client)
     assert again.done["ok"] == 0 and again.skipped == 15 and again.done["failed"] == 3
+    assert again.prepared == {"failed": 1}  # a bad original is tried again, good ones once
+    assert {path.name: path.stat().st_mtime_ns for path in (workspace.root / "fivek").iterdir()} == written
+    assert len(workspace.prepared_manifest().read().records) == 7
     workspace.resolve_relative("rules/punch/a0003-grey.png").unlink()
     redo = run_rules(workspace, sources, chosen, client=client)
-    assert redo.done["ok"] == 1
+    assert redo.done["ok"] == 1 and redo.prepared == {"failed": 1}
+    report = audit(workspace)
+    assert report.ok, report.problems
+    assert report.sections["fivek"] == {"ok": 5, "failed": 1}
+
+
+@pytest.fixture()
+def three_originals(tmp_path) -> list[SourceImage]:
+    """Three small 8-bit originals, about 64-120 px."""
+    from skimage import data
+
+    folder = tmp_path / "fivek-src"
+    folder.mkdir()
+    for name, photo in (("b1", data.chelsea()[::4, ::4]), ("b2", data.coffee()[::5, ::5]),
+                        ("b3", data.astronaut()[::8, ::8])):
+        (folder / f"{name}.png").write_bytes(encode_png(photo))
+    return find_sources(folder)[0]
+
+
+def _old_format_outputs(workspace: Workspace, sources: list[SourceImage], rules: dict) -> None:
+    """Outputs and records as ``pie rules`` wrote them before prepared originals were kept."""
+    for rule in rules.values():
+        records = []
+        for source in sources:
+            pixels, digest = load_source(source.path, None)
+            png = encode_png(float_to_uint8(rule(pixels)))
+            output = workspace.rule_output(rule.name, source.name)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_bytes(png)
+            records.append({"schema": "pie.rule-output/1", "rule": rule.name, "kind": rule.kind,
+                            "reference": rule.reference, "parameters": rule.parameters, "name": source.name,
+                            "source": str(source.path), "source_sha256": digest, "max_side": None,
+                            "file": workspace.relative(output), "width": 1, "height": 1, "bytes": len(png),
+                            "sha256": hashlib.sha256(png).hexdigest(), "status": "ok", "reason": None,
+                            "seconds": 0.1, "created_at": "2026-01-01T00:00:00+00:00"})
+        workspace.rules_manifest(rule.name).append(records)
+
+
+def test_old_workspace_is_upgraded_without_recomputing(three_originals, tmp_path, client):
+    workspace = Workspace(tmp_path / "ws")
+    chosen = {name: builtin_rules()[name] for name in TWO_RULES}
+    _old_format_outputs(workspace, three_originals, chosen)
+    store = workspace.rules_manifest("punch")  # this one's source changed since: recomputed, not upgraded
+    store.append([{**latest_by(store.read().records, "name")["b3"], "source_sha256": "0" * 64}])
+    outputs = sorted((workspace.root / "rules").glob("*/*.png"))
+    before = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in outputs}
+    assert audit(workspace).problems.count("punch.jsonl b1: made before prepared originals were kept "
+                                           "(no input_sha256); rerun pie rules") == 1
+
+    summary = run_rules(workspace, three_originals, chosen, client=client)
+    assert (summary.upgraded, summary.skipped, summary.done, summary.prepared) == (5, 0, {"ok": 1}, {"ok": 3})
+    assert "0 already done, 5 upgraded, 0 failed; 3 originals prepared" in summary.line()
+    after = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in outputs}
+    changed = workspace.rule_output("punch", "b3")
+    assert {path: value for path, value in after.items() if path != changed} == \
+        {path: value for path, value in before.items() if path != changed}
+    prepared = latest_by(workspace.prepared_manifest().read().records, "name")
+    for name in chosen:
+        for image, record in latest_by(workspace.rules_manifest(name).read().records, "name").items():
+            assert record["input_file"] == f"fivek/{image}.png"
+            assert (record["input_sha256"], record["input_bytes"]) == (prepared[image]["sha256"],
+                                                                       prepared[image]["bytes"])
+    assert audit(workspace).ok
+
+    again = run_rules(workspace, three_originals, chosen, client=client)
+    assert (again.upgraded, again.skipped, again.done, again.prepared) == (0, 6, {}, {})
+
+
+def test_replaced_touched_and_corrupted_originals(three_originals, tmp_path, client):
+    from skimage import data
+
+    workspace = Workspace(tmp_path / "ws")
+    chosen = {name: builtin_rules()[name] for name in TWO_RULES}
+    assert run_rules(workspace, three_originals, chosen, client=client).done == {"ok": 6}
+    first = latest_by(workspace.rules_manifest("punch").read().records, "name")
+    b1, b2, b3 = (source.path for source in three_originals)
+
+    b2.write_bytes(encode_png(data.rocket()[::6, ::6]))  # another picture under the same name
+    replaced = run_rules(workspace, three_originals, chosen, client=client)
+    assert (replaced.done, replaced.skipped, replaced.prepared) == ({"ok": 2}, 4, {"ok": 1})
+    latest = latest_by(workspace.rules_manifest("punch").read().records, "name")
+    assert latest["b2"]["input_sha256"] != first["b2"]["input_sha256"]
+    assert latest["b1"] == first["b1"]
+
+    stat = b1.stat()
+    os.utime(b1, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched, bytes unchanged
+    touched = run_rules(workspace, three_originals, chosen, client=client)
+    assert (touched.done, touched.skipped, touched.prepared) == ({}, 6, {})
+    prepared = latest_by(workspace.prepared_manifest().read().records, "name")
+    assert prepared["b1"]["source_mtime_ns"] == b1.stat().st_mtime_ns  # not hashed again next time
+
+    b3.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    corrupted = run_rules(workspace, three_originals, chosen, client=client)
+    assert (corrupted.done, corrupted.skipped, corrupted.prepared) == ({"failed": 2}, 4, {"failed": 1})
+    reason = latest_by(workspace.prepared_manifest().read().records, "name")["b3"]["reason"]
+    assert "b3.png" in reason and "\n" not in reason
+    assert latest_by(workspace.rules_manifest("cold-tone").read().records, "name")["b3"]["reason"] == reason
+    assert audit(workspace).ok
+
+    shrunk = run_rules(workspace, three_originals, chosen, client=client, max_side=32)
+    assert (shrunk.done, shrunk.prepared) == ({"ok": 4, "failed": 2}, {"ok": 2, "failed": 1})
+    assert max(read_image(workspace.prepared_original("b1")).pixels.shape) == 32
 
 
 def test_cli_list_show_and_extra_presets(originals, tmp_path):
