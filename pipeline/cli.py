@@ -50,7 +50,8 @@ pass_session = click.make_pass_decorator(Session)
 def cli(ctx: click.Context, root: Path, config_path: Path | None, verbose: int, quiet: bool) -> None:
     """pie: build the Flickr pseudo-pair dataset for personalized image enhancement.
 
-    Stages, in order: crawl, rules, train-degrader, degrade; audit checks a workspace.
+    Stages, in order: crawl, rules, train-degrader, degrade, shard; export lays the pairs out for the
+    reference code; audit checks a workspace.
     """
     console.setup_logging(verbose, quiet)
     workspace = Workspace(root)
@@ -235,7 +236,7 @@ def rules(ctx: click.Context, fivek, names_file, only, max_side, presets_dir, sc
     with bar, dask_client(scheduler, workers) as client:
         summary = run_rules(session.workspace, sources, chosen, client=client, max_side=max_side,
                             on_done=lambda record: bar.update())
-        bar.update(summary.skipped)
+        bar.update(summary.skipped + summary.upgraded)
     summary.problems = problems
     console.summary(summary.line(), session.quiet)
 
@@ -419,6 +420,68 @@ def degrade(session: Session, checkpoint, image_format, quality, batch_size, dev
     console.summary(summary.line(), session.quiet)
 
 
+# pie shard / pie export -----------------------------------------------------------------------
+
+SOURCES = ("flickr", "rules")
+
+
+@cli.command()
+@click.option("--out", default=None,
+              help="Folder or fsspec URL (file://, s3://, gs://, ...) of the shards  [default: ROOT/shards].")
+@click.option("--maxcount", type=click.IntRange(1), default=1000, show_default=True, help="Most samples per shard.")
+@click.option("--maxsize", default="256MB", show_default=True,
+              help="Largest shard, e.g. 256MB or 1GiB (a user is split only when it alone is larger).")
+@click.option("--only", type=click.Choice(SOURCES), default=None, help="Shard only Flickr pairs or only rule pairs.")
+@click.option("--scheduler", default=None, envvar="PIE_DASK_SCHEDULER", show_envvar=True,
+              help="Address of a running Dask scheduler whose workers see ROOT; default a local cluster.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Worker processes of the local cluster  [default: all cores].")
+@pass_session
+def shard(session: Session, out, maxcount, maxsize, only, scheduler, workers) -> None:
+    """Write the pairs as user-grouped WebDataset shards with index.json; exit 1 if any pair was skipped."""
+    from .cluster import dask_client
+    from .shard_plan import parse_size, workspace_plan
+    from .shard_stage import run_shard
+
+    try:
+        plans, skipped = workspace_plan(session.workspace, only=only, maxcount=maxcount, maxsize=parse_size(maxsize))
+    except ValueError as exc:
+        raise click.UsageError(f"--maxsize: {exc}") from None
+    if not plans:
+        for item in skipped:
+            click.echo(f"pie: skipped {item.line()}", err=True)
+        raise click.ClickException(f"{session.workspace.root}: no pairs to shard; run `pie degrade` or `pie rules`")
+    bar = console.progress(total=sum(len(plan.pairs) for plan in plans), desc="shard", unit="sample",
+                           enabled=session.show_progress)
+    with bar:
+        summary = run_shard(session.workspace, plans, skipped, out or str(session.workspace.shards_dir()),
+                            client_factory=lambda: dask_client(scheduler, workers),
+                            on_done=lambda state: bar.update(state["samples"] + len(state["skipped"])))
+    for line in summary.skipped:
+        click.echo(f"pie: skipped {line}", err=True)
+    console.summary(summary.line(), session.quiet)
+    if summary.skipped:
+        raise click.ClickException(f"{len(summary.skipped)} pairs were not sharded (see above); fix them and rerun")
+
+
+@cli.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--layout", type=click.Choice(["reference"]), default="reference", show_default=True,
+              help="Folder layout to write: that of the public masked-style-modeling code.")
+@click.option("--only", type=click.Choice(SOURCES), default=None, help="Export only Flickr pairs or only rule pairs.")
+@pass_session
+def export(session: Session, out, layout, only) -> None:
+    """Lay the pairs out in OUT as the reference implementation reads them (hard links where possible)."""
+    from .export import export_reference
+
+    summary = export_reference(session.workspace, out, only)
+    for item in summary.skipped:
+        click.echo(f"pie: skipped {item.line()}", err=True)
+    console.summary(summary.line(), session.quiet)
+    if not summary.pairs:
+        raise click.ClickException(f"{session.workspace.root}: no pairs to export; run `pie degrade` or `pie rules`")
+
+
 # pie audit ------------------------------------------------------------------------------------
 
 
@@ -472,7 +535,8 @@ def demo(session: Session, workers) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one-line errors, exit codes 1 (error), 2 (usage), 130 (interrupted)."""
     try:
-        cli.main(args=argv, prog_name="pie", standalone_mode=False)
+        # Without standalone mode Click returns the code of ``ctx.exit(code)`` instead of raising it.
+        code = cli.main(args=argv, prog_name="pie", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -487,3 +551,4 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(console.scrub(f"pie: internal error: {exc.__class__.__name__}: {exc} (rerun with -vv for details)"),
                    err=True)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -8,7 +8,8 @@
    FiveK originals) on a local Dask cluster;
 4. ``train-degrader`` and ``degrade``: a small DSN trained briefly on those
    pairs, then run over the crawl;
-5. ``audit``; then an HTML report with thumbnails, ``ROOT/report.html``.
+5. ``shard``: every pair into WebDataset shards with ``index.json``;
+6. ``audit``; then an HTML report with thumbnails, ``ROOT/report.html``.
 
 Everything is deterministic and resumable: running the demo again skips the
 work already done.
@@ -38,6 +39,7 @@ log = logging.getLogger("pie.demo")
 DEMO_KEY, DEMO_SECRET = "demo-key", "demo-secret"
 DEMO_USERS, DEMO_PHOTOS, DEMO_PER_USER = 12, 30, 12
 DEMO_STEPS, DEMO_CROP = 120, 64
+DEMO_SHARD_SAMPLES = 100
 DEMO_FAULTS = "api:500=0.05,api:429=0.05,img:500=0.03,img:truncate=0.03,img:html=0.02"
 
 
@@ -113,9 +115,17 @@ def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], 
     with dask_client(None, workers) as client:
         say(run_degrade(workspace, workspace.degrader_checkpoint(), client=client).line())
 
+    from .shard_plan import workspace_plan
+    from .shard_stage import run_shard
+
+    plans, skipped = workspace_plan(workspace, maxcount=DEMO_SHARD_SAMPLES)
+    shard_summary = run_shard(workspace, plans, skipped, str(workspace.shards_dir()),
+                              client_factory=lambda: dask_client(None, workers))
+    say(shard_summary.line())
+
     audit_report = audit(workspace)
     say(audit_report.line())
-    result.ok = audit_report.ok and rules_summary.done["failed"] == 0
+    result.ok = audit_report.ok and rules_summary.done["failed"] == 0 and not shard_summary.skipped
     result.report = write_report(workspace, result.lines, sources[0].name if sources else None)
     say(f"demo: report written to {result.report}")
     return result
