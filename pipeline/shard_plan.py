@@ -100,9 +100,10 @@ def parse_size(text: str | int) -> int:
 
 
 def _file_size(workspace: Workspace, relative: str) -> int | None:
+    """Size of a workspace file, None when it is missing; a path outside the workspace raises ValueError."""
     try:
         return workspace.resolve_relative(relative).stat().st_size
-    except (OSError, ValueError, TypeError):
+    except OSError:
         return None
 
 

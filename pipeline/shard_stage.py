@@ -64,9 +64,6 @@ class _HashingWriter:
         self.bytes += len(data)
         return self.raw.write(data)
 
-    def flush(self) -> None:
-        self.raw.flush()
-
 
 class UnusablePair(ValueError):
     """A pair whose files no longer match its records; the message is one line."""

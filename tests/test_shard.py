@@ -160,12 +160,17 @@ def test_pairs_that_cannot_be_used_are_named(workspace, tmp_path):
     store.append([{key: value for key, value in latest["5000"].items() if key != "degraded"}])
     workspace.resolve_relative(latest["5001"]["degraded"]["file"]).write_bytes(b"\xff\xd8\xff tampered")
     workspace.resolve_relative(latest["5002"]["file"]).unlink()
+    hostile = latest["5003"]
+    store.append([{**hostile, "degraded": {**hostile["degraded"], "file": "../../etc/passwd"}}])
     summary = shard(workspace, tmp_path / "shards")
-    assert summary.samples == total_pairs() - 3
+    assert summary.samples == total_pairs() - 4
     lines = sorted(summary.skipped)
+    hostile_line = lines[3]
+    assert hostile_line.startswith(f"{nsid}/5003: record unusable: ") and "/../../etc/passwd is outside" in hostile_line
     assert lines[0] == f"{nsid}/5000: no pseudo original; run `pie degrade`"
     assert lines[1].startswith(f"{nsid}/5001: degraded/{nsid}/5001.jpg does not match the SHA-256")
     assert lines[2] == f"{nsid}/5002: target file flickr/{nsid}/5002.jpg is missing"
+    assert len(lines) == 4
     assert read_index(tmp_path / "shards")["skipped"] == lines
 
 
