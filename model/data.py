@@ -53,6 +53,7 @@ import math
 import os
 import random
 import re
+from dataclasses import dataclass
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
@@ -79,8 +80,8 @@ INDEX_NAME = "index.json"
 # ---------------------------------------------------------------- shard lists
 
 
-def shard_urls(index: str | os.PathLike, split: str) -> list[str]:
-    """The urls of one split's shards, in the order ``index.json`` lists them.
+def shard_entries(index: str | os.PathLike, split: str) -> list[dict]:
+    """The entries of one split's shards in ``index.json``, each with its ``url`` added.
 
     Parameters
     ----------
@@ -93,8 +94,11 @@ def shard_urls(index: str | os.PathLike, split: str) -> list[str]:
 
     Returns
     -------
-    list of str
-        ``<folder>/<name>`` for each shard of ``split``.
+    list of dict
+        In index order: ``name``, ``split``, ``samples``, ``users`` (names, in
+        shard order), ``user_samples`` (samples per user; absent from indexes
+        written before it existed), ``bytes``, ``sha256`` and ``url``
+        (``<folder>/<name>``).
 
     Raises
     ------
@@ -114,15 +118,20 @@ def shard_urls(index: str | os.PathLike, split: str) -> list[str]:
     if document.get("schema", SHARD_INDEX_SCHEMA) != SHARD_INDEX_SCHEMA:
         raise ValueError(f"{location}: schema {document['schema']!r}, expected {SHARD_INDEX_SCHEMA!r}")
     folder = location.rpartition("/")[0]
-    urls = []
+    entries = []
     for shard in document["shards"]:
         if not isinstance(shard, dict) or shard.get("split") != split:
             continue
         name = shard.get("name")
         if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
             raise ValueError(f"{location}: shard name {name!r} is not a plain file name")
-        urls.append(f"{folder}/{name}" if folder else name)
-    return urls
+        entries.append({**shard, "url": f"{folder}/{name}" if folder else name})
+    return entries
+
+
+def shard_urls(index: str | os.PathLike, split: str) -> list[str]:
+    """The urls of one split's shards, in index order; see :func:`shard_entries`."""
+    return [entry["url"] for entry in shard_entries(index, split)]
 
 
 def _expand(urls: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
@@ -248,11 +257,12 @@ class ShardStream(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, urls, *, size: int, augment: bool, seed: int, epoch: int, rank: int | None,
-                 world_size: int | None):
+                 world_size: int | None, users: Iterable[str] | None = None):
         super().__init__()
         if size < 1:
             raise ValueError(f"size must be at least 1 pixel, got {size}")
         self.urls = _expand(urls)
+        self.users = None if users is None else frozenset(users)
         self.size, self.augment = int(size), bool(augment)
         self.seed = int(seed)
         self.epoch = int(epoch)
@@ -279,7 +289,13 @@ class ShardStream(torch.utils.data.IterableDataset):
             self.shard_order(), handler=_skip_shard_problem, shardshuffle=False,
             nodesplitter=functools.partial(_split_by_rank, rank=self.rank, world_size=self.world_size),
             workersplitter=webdataset.split_by_worker, empty_check=False, seed=self._worker_seed("shards"))
+        if self.users is not None:
+            dataset = dataset.select(self._wanted)
         return iter(self._stages(dataset, random.Random(self._worker_seed("augment"))))
+
+    def _wanted(self, sample: dict) -> bool:
+        """Whether a raw sample belongs to ``users``, from its key ``<user>/<item>`` (nothing decoded)."""
+        return sample.get("__key__", "").partition("/")[0] in self.users
 
     def _stages(self, dataset: webdataset.WebDataset, rng: random.Random) -> webdataset.WebDataset:
         """The stages after reading: decoding and assembling samples with ``rng``."""
@@ -310,7 +326,8 @@ class _Pairs(ShardStream):
 
 
 def pairs(urls, *, size: int = 512, seed: int = 0, epoch: int = 0, shuffle_buffer: int = 1000,
-          augment: bool = True, rank: int | None = None, world_size: int | None = None) -> ShardStream:
+          augment: bool = True, rank: int | None = None, world_size: int | None = None,
+          users: Iterable[str] | None = None) -> ShardStream:
     """Shuffled (input, target, meta) pairs for step 1 (style embedding + enhancer).
 
     Kosugi & Yamasaki, TCSVT 2023, Sec. III: step 1 learns from every pair of
@@ -340,6 +357,9 @@ def pairs(urls, *, size: int = 512, seed: int = 0, epoch: int = 0, shuffle_buffe
     rank, world_size : int, optional
         This process's share of the shards; default torch.distributed's when
         initialised, else 0 of 1. Environment variables are not consulted.
+    users : iterable of str, optional
+        Keep only the samples of these users (the part of the key before
+        ``/``), dropped before anything is decoded; default all.
 
     Returns
     -------
@@ -350,7 +370,7 @@ def pairs(urls, *, size: int = 512, seed: int = 0, epoch: int = 0, shuffle_buffe
         ``default_collate`` refuses), or use ``batch_size=None``.
     """
     return _Pairs(urls, size=size, shuffle_buffer=shuffle_buffer, augment=augment,
-                  seed=seed, epoch=epoch, rank=rank, world_size=world_size)
+                  seed=seed, epoch=epoch, rank=rank, world_size=world_size, users=users)
 
 
 class _UserSets(ShardStream):
@@ -426,7 +446,8 @@ class _UserSets(ShardStream):
 
 
 def user_sets(urls, n: int = 10, *, size: int = 256, seed: int = 0, epoch: int = 0, augment: bool = True,
-              rank: int | None = None, world_size: int | None = None) -> ShardStream:
+              rank: int | None = None, world_size: int | None = None,
+              users: Iterable[str] | None = None) -> ShardStream:
     """Per-user sets of n preferred pairs plus one masked pair, for step 2.
 
     Kosugi & Yamasaki, TCSVT 2023, Sec. III: step 2 (content embedding, masked
@@ -474,6 +495,8 @@ def user_sets(urls, n: int = 10, *, size: int = 256, seed: int = 0, epoch: int =
         As for :func:`pairs`.
     augment : bool
         Augment as above.
+    users : iterable of str, optional
+        Only these users, as for :func:`pairs`.
 
     Returns
     -------
@@ -487,7 +510,7 @@ def user_sets(urls, n: int = 10, *, size: int = 256, seed: int = 0, epoch: int =
         ``preferred_keys``; :func:`collate` keeps one list per sample.
     """
     return _UserSets(urls, n=n, size=size, augment=augment, seed=seed, epoch=epoch, rank=rank,
-                     world_size=world_size)
+                     world_size=world_size, users=users)
 
 
 def collate(batch: Sequence):
@@ -502,3 +525,83 @@ def collate(batch: Sequence):
     if isinstance(batch[0], dict):
         return {name: combine([sample[name] for sample in batch]) for name in batch[0]}
     return tuple(combine(list(values)) for values in zip(*batch))
+
+
+# ---------------------------------------------------------------- whole users, for validation
+
+
+@dataclass
+class UserPairs:
+    """Every usable pair of one user, in shard order, resized to one square side.
+
+    ``inputs`` and ``targets`` are uint8 tensors (n, 3, size, size); ``keys``
+    and ``splits`` (``json["split"]``: train, valid or valid_ref) have one
+    entry per pair.
+    """
+
+    user: str
+    source: str
+    keys: list[str]
+    splits: list[str]
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+    def select(self, split: str) -> "UserPairs":
+        """The pairs of one split."""
+        chosen = [i for i, value in enumerate(self.splits) if value == split]
+        return UserPairs(self.user, self.source, [self.keys[i] for i in chosen], [split] * len(chosen),
+                         self.inputs[chosen], self.targets[chosen])
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def user_groups(urls, *, size: int, users: Iterable[str] | None = None) -> Iterator[UserPairs]:
+    """The pairs of each user in turn, unaugmented, for validation and evaluation.
+
+    Shards are read in the given order by this one process (no rank or
+    worker split); consecutive samples of the same user form one group, also
+    across a shard boundary (``pie shard`` keeps a user's samples together).
+    Each image is plainly resized to ``size`` x ``size`` (as
+    :func:`model.augment.resize`) and held as uint8 while its user is read:
+    about 1.5 MB per pair at size 512. Bad samples are skipped with one
+    warning each, as in :func:`pairs`.
+
+    Parameters
+    ----------
+    urls : list of str or str
+        Shard paths/URLs, or one brace pattern.
+    size : int
+        Side of the held images in pixels.
+    users : iterable of str, optional
+        Only these users (decided from the key, before decoding).
+    """
+    wanted = None if users is None else frozenset(users)
+    dataset = webdataset.WebDataset(_expand(urls), handler=_skip_shard_problem, shardshuffle=False,
+                                    nodesplitter=None, workersplitter=None, empty_check=False)
+    if wanted is not None:
+        dataset = dataset.select(lambda sample: sample.get("__key__", "").partition("/")[0] in wanted)
+    dataset = dataset.decode(_image_decoder, handler=_skip_undecodable)
+
+    def held(image: torch.Tensor) -> torch.Tensor:
+        return aug.resize(image, size).mul(255.0).round_().to(torch.uint8)
+
+    group: list[tuple[str, str, torch.Tensor, torch.Tensor]] = []
+    current: tuple[str, str] | None = None  # (user, source)
+
+    def finish() -> Iterator[UserPairs]:
+        if group:
+            yield UserPairs(current[0], current[1], [g[0] for g in group], [g[1] for g in group],
+                            torch.stack([g[2] for g in group]), torch.stack([g[3] for g in group]))
+
+    for sample in dataset:
+        try:
+            source, target, meta = _members(sample)
+        except _BadSample as exn:
+            _warn_bad(sample, exn)
+            continue
+        if (meta["user"], meta["source"]) != current:
+            yield from finish()
+            group, current = [], (meta["user"], meta["source"])
+        group.append((sample["__key__"], str(meta.get("split")), held(source), held(target)))
+    yield from finish()

@@ -50,8 +50,8 @@ pass_session = click.make_pass_decorator(Session)
 def cli(ctx: click.Context, root: Path, config_path: Path | None, verbose: int, quiet: bool) -> None:
     """pie: build the Flickr pseudo-pair dataset for personalized image enhancement.
 
-    Stages, in order: crawl, rules, train-degrader, degrade, shard; export lays the pairs out for the
-    reference code; audit checks a workspace.
+    Stages, in order: crawl, rules, train-degrader, degrade, shard, train; export lays the pairs out
+    for the reference code; audit checks a workspace.
     """
     console.setup_logging(verbose, quiet)
     workspace = Workspace(root)
@@ -513,6 +513,139 @@ def audit(session: Session, licenses, valid_refs, no_checksums, json_path) -> No
     console.summary(report.line(), session.quiet)
     if not report.ok:
         raise click.exceptions.Exit(1)
+
+
+# pie train ------------------------------------------------------------------------------------
+
+MSM_SIZES = ("paper", "small")
+
+
+@cli.command()
+@click.option("--step", "step", type=click.Choice(["1", "pca", "2", "all"]), default="all", show_default=True,
+              help="What to run: step 1, the style PCA, step 2, or all three in order (finished parts are skipped).")
+@click.option("--model", "model_size", type=click.Choice(MSM_SIZES), default="paper", show_default=True,
+              help="Network sizes: the paper's (90.8 M weights) or a CPU-sized one.")
+@click.option("--image-size", type=click.IntRange(32), default=None,
+              help="Override the enhancer's training side, pixels (paper 512; a multiple of 32).")
+@click.option("--embed-size", type=click.IntRange(32), default=None,
+              help="Override the side the style and content embeddings see, pixels (paper 256).")
+@click.option("--shards", default=None, help="Folder or URL holding index.json and the shards  [default: ROOT/shards].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Checkpoint folder  [default: ROOT/msm]; its files are resumed.")
+@click.option("--step1-epochs", type=click.IntRange(1), default=30, show_default=True, help="Epochs of step 1.")
+@click.option("--step2-epochs", type=click.IntRange(1), default=30, show_default=True, help="Epochs of step 2.")
+@click.option("--step1-batch-size", type=click.IntRange(1), default=64, show_default=True,
+              help="Pairs per step-1 optimiser step and process.")
+@click.option("--step2-batch-size", type=click.IntRange(1), default=32, show_default=True,
+              help="User sets per step-2 optimiser step and process.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
+              help="Adam learning rate at the start of each cosine schedule.")
+@click.option("--num-preferred", type=click.IntRange(1), default=10, show_default=True,
+              help="N: preferred pairs per step-2 sample.")
+@click.option("--perceptual-weight", type=click.FloatRange(0), default=0.4, show_default=True,
+              help="Weight of the perceptual term of the step-1 loss.")
+@click.option("--tv-weight", type=click.FloatRange(0), default=0.01, show_default=True,
+              help="Weight of the edge-aware total variation term of the step-1 loss.")
+@click.option("--pca-components", type=click.IntRange(1), default=512, show_default=True,
+              help="Principal components of the style space.")
+@click.option("--valid-preferred", type=click.IntRange(1), default=20, show_default=True,
+              help="valid_ref pairs per validation user used as the preferred set (step 2).")
+@click.option("--valid-pairs-per-user", type=click.IntRange(0), default=100, show_default=True,
+              help="Most validation pairs per user and step (0 = all).")
+@click.option("--shuffle-buffer", type=click.IntRange(0), default=1000, show_default=True,
+              help="Step-1 shuffle buffer per loader worker, samples.")
+@click.option("--workers", type=click.IntRange(0), default=2, show_default=True,
+              help="DataLoader worker processes per training process.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights, data order and augmentation.")
+@click.option("--save-every", type=click.IntRange(1), default=500, show_default=True,
+              help="Write the resumable checkpoint every this many optimiser steps.")
+@click.option("--backbone", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Local torchvision ResNet-18 weights for every backbone  [default: random initialisation].")
+@click.option("--perceptual", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Local PieNet embedding (reference pienet_embedding.pth.tar) or ResNet-18 weights for the "
+                   "perceptual loss  [default: the term is off].")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu, cuda or cuda:N (under torchrun each process takes cuda:LOCAL_RANK).")
+@click.option("--no-mixed-precision", is_flag=True, help="Train in float32 on CUDA too (default bfloat16 autocast).")
+@click.option("--dry-run", is_flag=True, help="Print the networks' sizes and the data it would read, then exit.")
+@pass_session
+def train(session: Session, step, model_size, image_size, embed_size, shards, out, step1_epochs, step2_epochs,
+          step1_batch_size, step2_batch_size, lr, num_preferred, perceptual_weight, tv_weight, pca_components,
+          valid_preferred, valid_pairs_per_user, shuffle_buffer, workers, seed, save_every, backbone, perceptual,
+          device, no_mixed_precision, dry_run) -> None:
+    """Train masked style modeling on the shards: step 1, PCA, step 2 (resumable; DDP under torchrun)."""
+    import dataclasses
+
+    from model.networks import MSMConfig
+    from model.train import CheckpointError, TrainConfig, setup_distributed
+    from model.train import train as run_training
+
+    from . import train_stage
+
+    sizes = {"image_size": image_size, "embed_size": embed_size}
+    try:
+        model = dataclasses.replace(getattr(MSMConfig, model_size)(),
+                                    **{key: value for key, value in sizes.items() if value is not None})
+        config = TrainConfig(model=model, step1_epochs=step1_epochs, step2_epochs=step2_epochs,
+                             step1_batch_size=step1_batch_size, step2_batch_size=step2_batch_size,
+                             learning_rate=lr, num_preferred=num_preferred, perceptual_weight=perceptual_weight,
+                             tv_weight=tv_weight, pca_components=pca_components, valid_preferred=valid_preferred,
+                             valid_pairs_per_user=valid_pairs_per_user, shuffle_buffer=shuffle_buffer,
+                             num_workers=workers, seed=seed, save_every=save_every,
+                             mixed_precision=not no_mixed_precision)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    shards = shards or str(session.workspace.shards_dir())
+    try:
+        data = train_stage.read_data(shards)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"{shards}: cannot read the shard index ({str(exc).splitlines()[0]}); "
+                                   "run `pie shard` first") from None
+    if dry_run:
+        click.echo(train_stage.model_report(config))
+        click.echo(train_stage.data_report(data, shards))
+        return
+    if not data.train_urls:
+        raise click.ClickException(f"{shards}: no train shards")
+    out = out or session.workspace.root / "msm"
+    try:
+        chosen, rank, world_size = setup_distributed(device)
+    except ValueError as exc:
+        raise click.UsageError(f"--device: {exc}") from None
+    bars: dict = {}
+
+    def on_log(part: str, metrics: dict) -> None:
+        if rank != 0 or not session.show_progress:
+            return
+        if "row" in metrics:
+            row = metrics["row"]
+            bar = bars.pop(part, None)
+            if bar is not None:
+                bar.close()
+            console.summary(f"{part} epoch {row['epoch']}: loss {row['loss']:.4f}, valid PSNR "
+                            f"{row['valid_psnr']:.2f} dB, {row['images_per_s'] or 0:.1f} images/s"
+                            + (f", {row['skipped']} bad samples skipped" if row["skipped"] else ""), session.quiet)
+            return
+        if part not in bars:
+            bars[part] = console.progress(desc=f"{part} epoch {metrics['epoch'] + 1}", unit="step", enabled=True)
+        bars[part].n = metrics["batch"]
+        bars[part].set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_s']:.1f}", refresh=False)
+        bars[part].refresh()
+
+    try:
+        summary = run_training(config, data, out, parts=train_stage.STEP_PARTS[step], device=chosen, rank=rank,
+                               world_size=world_size, perceptual=train_stage.load_perceptual(perceptual),
+                               backbone=train_stage.backbone_loader(backbone), on_log=on_log)
+    except ValueError as exc:  # CheckpointError and WeightsError are ValueErrors
+        raise click.ClickException(str(exc).splitlines()[0]) from None
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if rank == 0:
+        best = ", ".join(f"{part} best valid PSNR {value:.2f} dB" for part, value in summary.best_psnr.items())
+        console.summary(f"train: ran {', '.join(summary.ran) or 'nothing'}"
+                        + (f", skipped finished {', '.join(summary.skipped)}" if summary.skipped else "")
+                        + (f"; {best}" if best else "") + f" -> {summary.model_path or out}", session.quiet)
 
 
 # pie demo -------------------------------------------------------------------------------------

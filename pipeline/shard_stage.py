@@ -120,7 +120,7 @@ def write_shard(root: str, out: str, plan: ShardPlan) -> dict:
     fs, base = url_to_fs(out)
     workspace = Workspace(Path(root))
     temporary = posixpath.join(base, f".{plan.name}{PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    written, skipped, users = 0, [], []
+    written, skipped, users = 0, [], {}
     with fs.open(temporary, "wb") as raw:
         stream = _HashingWriter(raw)
         with TarWriter(stream, user="pie", group="pie", mode=0o444, mtime=TAR_MTIME, encoder=False) as tar:
@@ -132,10 +132,10 @@ def write_shard(root: str, out: str, plan: ShardPlan) -> dict:
                     continue
                 tar.write(sample)
                 written += 1
-                if not users or users[-1] != pair.user:
-                    users.append(pair.user)
+                users[pair.user] = users.get(pair.user, 0) + 1
     fs.mv(temporary, posixpath.join(base, plan.name))
-    state = {"name": plan.name, "split": plan.split, "digest": plan.digest, "samples": written, "users": users,
+    state = {"name": plan.name, "split": plan.split, "digest": plan.digest, "samples": written,
+             "users": list(users), "user_samples": users,
              "bytes": stream.bytes, "sha256": stream.sha256.hexdigest(),
              "skipped": skipped}
     _write_json_atomic(fs, posixpath.join(base, STATE_DIR, f"{plan.name}.json"), state)
@@ -210,8 +210,8 @@ def remove_temporaries(fs, base: str) -> int:
 
 def build_index(states: list[dict], skipped: list[str]) -> dict:
     """The ``index.json`` document: every shard, totals per split and overall, and what was skipped."""
-    shards = [{key: state[key] for key in ("name", "split", "samples", "users", "bytes", "sha256")}
-              for state in states]
+    shards = [{key: state[key] for key in ("name", "split", "samples", "users", "user_samples", "bytes", "sha256")
+               if key in state} for state in states]
     splits = {split: {"shards": sum(s["split"] == split for s in shards),
                       "samples": sum(s["samples"] for s in shards if s["split"] == split),
                       "users": len({u for s in shards if s["split"] == split for u in s["users"]}),
