@@ -67,7 +67,7 @@ from torch.utils.data import DataLoader
 
 from . import data as msm_data
 from .losses import PERCEPTUAL_WEIGHT, TV_WEIGHT, PerceptualLoss, psnr, step1_loss
-from .networks import MSM, MSMConfig, normalize
+from .networks import MSM, MSMConfig, denormalize, normalize
 from .pca import CovarianceAccumulator, StylePCA
 
 log = logging.getLogger("pie.model.train")
@@ -477,8 +477,6 @@ def validate_step2(model: MSM, pca: StylePCA, config: TrainConfig, data: TrainDa
 
 
 def _denormalize(images: torch.Tensor) -> torch.Tensor:
-    from .networks import denormalize
-
     return denormalize(images.float())
 
 

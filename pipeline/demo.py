@@ -9,7 +9,9 @@
 4. ``train-degrader`` and ``degrade``: a small DSN trained briefly on those
    pairs, then run over the crawl;
 5. ``shard``: every pair into WebDataset shards with ``index.json``;
-6. ``audit``; then an HTML report with thumbnails, ``ROOT/report.html``.
+6. ``train``: the small masked style modeling networks at 64 px, one epoch
+   of each step, from the shards;
+7. ``audit``; then an HTML report with thumbnails, ``ROOT/report.html``.
 
 Everything is deterministic and resumable: running the demo again skips the
 work already done.
@@ -122,6 +124,7 @@ def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], 
     shard_summary = run_shard(workspace, plans, skipped, str(workspace.shards_dir()),
                               client_factory=lambda: dask_client(None, workers))
     say(shard_summary.line())
+    say(train_demo_model(workspace))
 
     audit_report = audit(workspace)
     say(audit_report.line())
@@ -129,6 +132,24 @@ def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], 
     result.report = write_report(workspace, result.lines, sources[0].name if sources else None)
     say(f"demo: report written to {result.report}")
     return result
+
+
+def train_demo_model(workspace: Workspace) -> str:
+    """One brief epoch of each training step of the small networks at 64 px; the summary line."""
+    import dataclasses
+
+    from model.networks import MSMConfig
+    from model.train import TrainConfig, train
+
+    from .train_stage import read_data
+
+    model = dataclasses.replace(MSMConfig.small(), image_size=64, embed_size=32)
+    config = TrainConfig(model=model, step1_epochs=1, step2_epochs=1, step1_batch_size=8, step2_batch_size=4,
+                         learning_rate=1e-3, num_preferred=5, valid_preferred=10, valid_pairs_per_user=5,
+                         shuffle_buffer=64, num_workers=1, save_every=25, mixed_precision=False)
+    summary = train(config, read_data(str(workspace.shards_dir())), workspace.root / "msm", device="cpu")
+    best = ", ".join(f"{part} valid PSNR {value:.2f} dB" for part, value in summary.best_psnr.items())
+    return f"train: small networks at 64 px, one epoch per step ({best}) -> {summary.model_path}"
 
 
 def _thumbnail(path: Path, height: int = 120) -> str:
