@@ -807,7 +807,7 @@ class RunSummary:
 
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    best_psnr: dict = field(default_factory=dict)
+    best_psnr: dict = field(default_factory=dict)  # part -> dB, NaN when there was nothing to validate on
     model_path: Path | None = None
 
 
@@ -869,7 +869,7 @@ def train(config: TrainConfig, data: TrainData, out: str | os.PathLike, *, parts
             backbone(model)
         state = train_step1(model, config, data, ctx)
         (summary.ran if state["ran"] else summary.skipped).append("step1")
-        summary.best_psnr["step1"] = state["best_psnr"]
+        summary.best_psnr["step1"] = state["best_psnr"] if math.isfinite(state["best_psnr"]) else math.nan
     _barrier(ctx)
 
     pca = None
@@ -896,7 +896,7 @@ def train(config: TrainConfig, data: TrainData, out: str | os.PathLike, *, parts
     if "step2" in parts:
         state = train_step2(model, pca, config, data, ctx)
         (summary.ran if state["ran"] else summary.skipped).append("step2")
-        summary.best_psnr["step2"] = state["best_psnr"]
+        summary.best_psnr["step2"] = state["best_psnr"] if math.isfinite(state["best_psnr"]) else math.nan
         if ctx.main:
             load_best(out / "step2-best.pt", model, "step2")
             summary.model_path = out / "model.pt"

@@ -642,7 +642,8 @@ def train(session: Session, step, model_size, image_size, embed_size, shards, ou
         for bar in bars.values():
             bar.close()
     if rank == 0:
-        best = ", ".join(f"{part} best valid PSNR {value:.2f} dB" for part, value in summary.best_psnr.items())
+        best = ", ".join(f"{part} best valid PSNR {value:.2f} dB" if value == value
+                         else f"{part} not validated (no validation pairs)" for part, value in summary.best_psnr.items())
         console.summary(f"train: ran {', '.join(summary.ran) or 'nothing'}"
                         + (f", skipped finished {', '.join(summary.skipped)}" if summary.skipped else "")
                         + (f"; {best}" if best else "") + f" -> {summary.model_path or out}", session.quiet)

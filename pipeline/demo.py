@@ -148,7 +148,8 @@ def train_demo_model(workspace: Workspace) -> str:
                          learning_rate=1e-3, num_preferred=5, valid_preferred=10, valid_pairs_per_user=5,
                          shuffle_buffer=64, num_workers=1, save_every=25, mixed_precision=False)
     summary = train(config, read_data(str(workspace.shards_dir())), workspace.root / "msm", device="cpu")
-    best = ", ".join(f"{part} valid PSNR {value:.2f} dB" for part, value in summary.best_psnr.items())
+    best = ", ".join(f"{part} valid PSNR {value:.2f} dB" if value == value else f"{part} not validated"
+                     for part, value in summary.best_psnr.items())
     return f"train: small networks at 64 px, one epoch per step ({best}) -> {summary.model_path}"
 
 

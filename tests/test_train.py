@@ -136,10 +136,12 @@ def test_all_parts_train_losses_fall_and_a_rerun_skips_everything(straight_run, 
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
+    import torch
     from model.train import TrainData, train
     from msm_fixtures import PRESET_USERS
     from test_train import tiny_config
     part, at = sys.argv[3], int(sys.argv[4])
+    torch.set_num_threads(int(sys.argv[5]))  # float sums are bit-identical only at the same thread count
     def on_log(name, metrics):
         if name == part and metrics.get("batch") is not None and metrics.get("epoch") == 1 and metrics["batch"] == at:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -152,7 +154,8 @@ def test_kill_9_then_the_same_call_equals_an_uninterrupted_run(straight_run, sha
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, (Path(__file__).resolve().parents[1], Path(__file__).parent)))}
     # Second epoch, fourth batch: two batches after the last checkpoint (every 3 steps), before the next.
     for part, at in (("step1", 4), ("step2", 4)):
-        done = subprocess.run([sys.executable, "-c", KILLER, str(shards), str(out), part, str(at)], env=env,
+        done = subprocess.run([sys.executable, "-c", KILLER, str(shards), str(out), part, str(at),
+                               str(torch.get_num_threads())], env=env,
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == -9, done.stderr[-2000:]
     assert read_checkpoint(out / "step2.pt", CHECKPOINT_FORMAT)["epoch"] == 1
