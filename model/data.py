@@ -556,7 +556,8 @@ class UserPairs:
         return len(self.keys)
 
 
-def user_groups(urls, *, size: int, users: Iterable[str] | None = None) -> Iterator[UserPairs]:
+def user_groups(urls, *, size: int, users: Iterable[str] | None = None,
+                exclude: Iterable[str] = ()) -> Iterator[UserPairs]:
     """The pairs of each user in turn, unaugmented, for validation and evaluation.
 
     Shards are read in the given order by this one process (no rank or
@@ -575,12 +576,17 @@ def user_groups(urls, *, size: int, users: Iterable[str] | None = None) -> Itera
         Side of the held images in pixels.
     users : iterable of str, optional
         Only these users (decided from the key, before decoding).
+    exclude : iterable of str
+        Not these users (decided the same way).
     """
     wanted = None if users is None else frozenset(users)
+    unwanted = frozenset(exclude)
     dataset = webdataset.WebDataset(_expand(urls), handler=_skip_shard_problem, shardshuffle=False,
                                     nodesplitter=None, workersplitter=None, empty_check=False)
     if wanted is not None:
         dataset = dataset.select(lambda sample: sample.get("__key__", "").partition("/")[0] in wanted)
+    if unwanted:
+        dataset = dataset.select(lambda sample: sample.get("__key__", "").partition("/")[0] not in unwanted)
     dataset = dataset.decode(_image_decoder, handler=_skip_undecodable)
 
     def held(image: torch.Tensor) -> torch.Tensor:

@@ -299,14 +299,22 @@ class StylizedEnhancer(nn.Module):
         self.up4 = UpBlock(64, 64, dim, residual=False)
         self.up6 = _conv3x3(64 * 3, 3)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The encoder's five features of ``x``; they do not depend on the style, so several styles can share them."""
         x0 = self.down0(x)
         x1 = self.down1(x0)
         x2 = self.down2(x1)
         x3 = self.down3(x2)
-        x4 = self.down4(x3)
+        return x0, x1, x2, x3, self.down4(x3)
+
+    def decode(self, features: tuple[torch.Tensor, ...], style: torch.Tensor, size) -> torch.Tensor:
+        """The residual at ``size`` (H, W) from :meth:`encode`'s features and a (B, 512) style."""
+        x0, x1, x2, x3, x4 = features
         out = self.up4(self.up3(self.up2(self.up1(x4, x3, style), x2, style), x1, style), x0, style)
-        return self.up6(F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False))
+        return self.up6(F.interpolate(out, size=size, mode="bilinear", align_corners=False))
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x), style, x.shape[-2:])
 
 
 class MSM(nn.Module):

@@ -12,6 +12,7 @@ naming the file (and the first key that does not fit).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from .pca import StylePCA
 
 REFERENCE_FILES = {name: f"{name}.pth.tar" for name in MSM.MODULES}
 PCA_FILES = ("pca_components.npy", "pca_mean.npy")
+#: The network sizes, which the reference layout does not record; written by
+#: :func:`write_reference` beside the module files (the reference code ignores it).
+CONFIG_FILE = "pie-config.json"
 
 
 class WeightsError(ValueError):
@@ -61,11 +65,13 @@ def read_reference(folder: str | os.PathLike, config: MSMConfig | None = None, *
                    allow_missing: tuple[str, ...] = ()) -> tuple[MSM, StylePCA | None]:
     """An MSM (eval mode) and its PCA from a folder in the reference layout.
 
-    Modules named in ``allow_missing`` may lack their file and keep random
-    weights; the PCA is None when its files are absent.
+    ``config`` defaults to the folder's :data:`CONFIG_FILE` when it has one,
+    else the paper's networks. Modules named in ``allow_missing`` may lack
+    their file and keep random weights; the PCA is None when its files are
+    absent.
     """
     folder = Path(folder)
-    model = MSM(config or MSMConfig.paper())
+    model = MSM(config or read_reference_config(folder) or MSMConfig.paper())
     for name, file_name in REFERENCE_FILES.items():
         path = folder / file_name
         if not path.exists():
@@ -77,6 +83,17 @@ def read_reference(folder: str | os.PathLike, config: MSMConfig | None = None, *
             raise WeightsError(f"{path}: no 'state_dict' in the file")
         load_state(model.module(name), _strip(saved["state_dict"]), path)
     return model.eval(), read_reference_pca(folder)
+
+
+def read_reference_config(folder: Path) -> MSMConfig | None:
+    """The network sizes in the folder's :data:`CONFIG_FILE`, or None without one."""
+    path = Path(folder) / CONFIG_FILE
+    if not path.exists():
+        return None
+    try:
+        return MSMConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as error:
+        raise WeightsError(f"{path}: not a network config ({error})") from None
 
 
 def read_reference_pca(folder: Path) -> StylePCA | None:
@@ -99,7 +116,9 @@ def read_reference_pca(folder: Path) -> StylePCA | None:
 def _save(path: Path, payload) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        if isinstance(payload, np.ndarray):
+        if isinstance(payload, bytes):
+            temporary.write_bytes(payload)
+        elif isinstance(payload, np.ndarray):
             with open(temporary, "wb") as file:
                 np.save(file, payload)
         else:
@@ -116,6 +135,7 @@ def write_reference(folder: str | os.PathLike, model: MSM, pca: StylePCA | None 
     for name, file_name in REFERENCE_FILES.items():
         state = {f"module.{key}": value.detach().cpu() for key, value in model.module(name).state_dict().items()}
         _save(folder / file_name, {"state_dict": state})
+    _save(folder / CONFIG_FILE, (json.dumps(model.config.to_dict(), indent=2) + "\n").encode())
     if pca is not None:
         rows = pca.components.double() * pca.std.double()[:, None]
         _save(folder / PCA_FILES[0], rows.numpy())

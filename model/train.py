@@ -66,6 +66,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import data as msm_data
+from .inference import PreferredSet, styles_from_contents
 from .losses import PERCEPTUAL_WEIGHT, TV_WEIGHT, PerceptualLoss, psnr, step1_loss
 from .networks import MSM, MSMConfig, denormalize, normalize
 from .pca import CovarianceAccumulator, StylePCA
@@ -403,13 +404,10 @@ def predict_styles(model: MSM, pca: StylePCA, preferred_styles: torch.Tensor, pr
     """Styles (B, D) of ``inputs`` (B, 3, embed, embed, normalised) from one preferred set.
 
     ``preferred_styles`` and ``preferred_contents`` are (N, D), encoded once
-    for the set and shared by the batch.
+    for the set and shared by the batch (:func:`model.inference.styles_from_contents`).
     """
-    batch = inputs.shape[0]
-    contents = model.content_embedding(inputs)
-    styles = torch.cat([preferred_styles.expand(batch, -1, -1), model.masked_token(batch)[:, None]], 1)
-    all_contents = torch.cat([preferred_contents.expand(batch, -1, -1), contents[:, None]], 1)
-    return pca.to_style(model.transformer(styles, all_contents).float())
+    preferred = PreferredSet(preferred_styles, preferred_contents)
+    return styles_from_contents(model, pca, preferred, model.content_embedding(inputs), "msm")
 
 
 # ---------------------------------------------------------------- validation

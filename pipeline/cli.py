@@ -649,6 +649,149 @@ def train(session: Session, step, model_size, image_size, embed_size, shards, ou
                         + (f"; {best}" if best else "") + f" -> {summary.model_path or out}", session.quiet)
 
 
+# pie enhance ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="pie model file or a folder in the reference layout  [default: ROOT/msm/model.pt].")
+@click.option("--preferred", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="The user's retouched photos; with no --preferred-inputs, a folder of NAME.ext (retouched) "
+                   "beside NAME_input.ext (original).")
+@click.option("--preferred-inputs", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="The originals of --preferred, matched by file stem.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder of the enhanced photos, OUT/<stem>.<ext> (finished ones are skipped).")
+@click.option("--method", type=click.Choice(["msm", "mean-style", "weighted-average"]), default="msm",
+              show_default=True, help="Style of each photo: the paper's transformer, the mean preferred style, "
+                                      "or content-weighted preferred styles.")
+@click.option("--full-resolution", type=click.Choice(["residual", "guided", "network"]), default="guided",
+              show_default=True, help="How the model-size enhancement reaches the photo's size: upsampled "
+                                      "residual, local colour transform (guided filter), or the enhancer at full size.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality.")
+@pass_session
+def enhance(session: Session, images, checkpoint, preferred, preferred_inputs, out, method, full_resolution,
+            device, quality) -> None:
+    """Enhance IMAGES (files or folders) in the style of one user's preferred (original, retouched) pairs."""
+    from model.personalize import Personalizer
+
+    from . import enhance_stage
+
+    pairs = enhance_stage.find_pairs(preferred, preferred_inputs)
+    if not pairs:
+        where = (f"{preferred} and {preferred_inputs} share no file stem" if preferred_inputs is not None
+                 else f"{preferred} holds no NAME.ext beside NAME{enhance_stage.INPUT_SUFFIX}.ext")
+        raise click.UsageError(f"--preferred: no preferred pairs: {where}")
+    photos = enhance_stage.collect_images(images)
+    if not photos:
+        raise click.ClickException(f"no images found in {', '.join(map(str, images))}")
+    checkpoint = checkpoint or session.workspace.root / "msm" / "model.pt"
+    try:
+        personalizer = Personalizer.from_checkpoint(checkpoint, _device(device), method=method,
+                                                    full_resolution=full_resolution)
+    except ValueError as exc:  # CheckpointError and WeightsError are ValueErrors
+        raise click.ClickException(str(exc).splitlines()[0]) from None
+    reader = enhance_stage.PairReader(pairs)
+    try:
+        personalizer.fit(reader)
+    except ValueError:
+        raise click.ClickException(f"none of the {len(pairs)} preferred pairs in {preferred} could be read") from None
+    bar = console.progress(total=len(photos), desc="enhance", unit="photo", enabled=session.show_progress)
+    with bar:
+        summary = enhance_stage.run_enhance(personalizer, photos, out, quality=quality, on_done=bar.update)
+    if not summary.enhanced and not summary.done_before:
+        raise click.ClickException(f"nothing enhanced: all {summary.failed} photos failed (see the lines above)")
+    console.summary(summary.line(), session.quiet)
+
+
+# pie evaluate -----------------------------------------------------------------------------------
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise click.UsageError(f"{option}: expected comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise click.UsageError(f"{option}: expected positive whole numbers, got {text!r}")
+    return values
+
+
+@cli.command()
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="pie model file or a folder in the reference layout  [default: ROOT/msm/model.pt].")
+@click.option("--shards", multiple=True,
+              help="Shard folder/URL holding index.json (its valid users), or shard URLs; repeatable  "
+                   "[default: ROOT/shards unless --pairs is given].")
+@click.option("--pairs", nargs=2, multiple=True, metavar="ORIGINALS RETOUCHED",
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Two folders of one test user, matched by file stem (e.g. FiveK originals and expert C); "
+                   "repeatable.")
+@click.option("--test-count", type=click.IntRange(0), default=0, show_default=True,
+              help="--pairs users: the last K pairs by stem are the fixed unseen set, the rest the preferred "
+                   "pool (500 for FiveK); 0: every pair outside a draw is unseen.")
+@click.option("--num-preferred", default="20,50,100", show_default=True,
+              help="Preferred-set sizes N, comma-separated.")
+@click.option("--draws", "draw_mode", type=click.Choice(["consecutive", "random"]), default="consecutive",
+              show_default=True, help="Preferred sets as consecutive disjoint blocks of the pool (the reference) "
+                                      "or seeded random samples.")
+@click.option("--num-draws", type=click.IntRange(1), default=10, show_default=True,
+              help="Preferred sets drawn per user and N.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --draws random.")
+@click.option("--methods", default="identity,mean-style,weighted-average,msm", show_default=True,
+              help="Methods compared on the same draws, comma-separated.")
+@click.option("--size", type=click.IntRange(32), default=512, show_default=True,
+              help="Side (pixels) of the square images PSNR and ΔE are computed at; SSIM at about half.")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
+              help="Unseen images per forward pass.")
+@click.option("--examples", type=click.IntRange(0), default=3, show_default=True,
+              help="Example images per user in the HTML sheet.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder for per-user results (resumable)  [default: ROOT/evaluation/<run key>].")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the aggregate and per-user results as JSON.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a page with the tables and example triplets per user.")
+@pass_session
+def evaluate(session: Session, checkpoint, shards, pairs, test_count, num_preferred, draw_mode, num_draws, seed,
+             methods, size, batch_size, examples, device, out, json_path, html_path) -> None:
+    """Score the model beside identity, mean-style and weighted-average by the paper's protocol."""
+    from model.evaluation import Settings, format_table
+
+    from . import evaluate_stage
+
+    try:
+        settings = Settings(num_preferred=_int_list(num_preferred, "--num-preferred"), draws=num_draws,
+                            mode=draw_mode, seed=seed, size=size,
+                            methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+                            batch_size=batch_size, examples=examples)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    root = session.workspace.root
+    if not shards and not pairs:
+        shards = (str(session.workspace.shards_dir()),)
+
+    def progress(total):
+        return console.progress(total=total, desc="evaluate", unit="user", enabled=session.show_progress)
+
+    try:
+        outcome = evaluate_stage.run(checkpoint or root / "msm" / "model.pt", settings, shards=shards, pairs=pairs,
+                                     test_count=test_count, device=_device(device), out=out,
+                                     default_out=root / "evaluation", progress=progress)
+    except ValueError as exc:
+        raise click.ClickException(str(exc).splitlines()[0]) from None
+    if not outcome.users:
+        raise click.ClickException("no test user could be evaluated (see the lines above)")
+    evaluate_stage.write_reports(outcome, json_path, html_path)
+    if not session.quiet:
+        click.echo(format_table(outcome.summary))
+    console.summary(f"evaluate: {len(outcome.users)} users ({outcome.evaluated_now} now) -> {outcome.run.path}",
+                    session.quiet)
+
+
 # pie demo -------------------------------------------------------------------------------------
 
 

@@ -11,7 +11,12 @@
 5. ``shard``: every pair into WebDataset shards with ``index.json``;
 6. ``train``: the small masked style modeling networks at 64 px, one epoch
    of each step, from the shards;
-7. ``audit``; then an HTML report with thumbnails, ``ROOT/report.html``.
+7. ``evaluate``: the paper's protocol on the valid users of the shards, the
+   model beside identity, mean-style and weighted-average
+   (``ROOT/evaluation.html``);
+8. ``enhance``: the held-out photos of one valid user personalized from its
+   reference pairs at their own size (``ROOT/demo/enhanced/<nsid>/``);
+9. ``audit``; then an HTML report with thumbnails, ``ROOT/report.html``.
 
 Everything is deterministic and resumable: running the demo again skips the
 work already done.
@@ -40,6 +45,10 @@ log = logging.getLogger("pie.demo")
 
 DEMO_KEY, DEMO_SECRET = "demo-key", "demo-secret"
 DEMO_USERS, DEMO_PHOTOS, DEMO_PER_USER = 12, 30, 12
+#: Reference (preferred) photos of each valid user; the other kept photos are its unseen ones.
+DEMO_VALID_REFS = 8
+#: Preferred-set size and draws of the demo evaluation, and the side (pixels) it scores at.
+DEMO_PREFERRED, DEMO_DRAWS, DEMO_EVAL_SIZE = 4, 2, 128
 DEMO_STEPS, DEMO_CROP = 120, 64
 DEMO_SHARD_SAMPLES = 100
 DEMO_FAULTS = "api:500=0.05,api:429=0.05,img:500=0.03,img:truncate=0.03,img:html=0.02"
@@ -90,7 +99,7 @@ def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], 
                                      "999999@N01", *nsids[3:]]) + "\n")
     with ReplayServer(corpus, api_key=DEMO_KEY, faults=DEMO_FAULTS, seed=7) as server:
         summary = crawl(workspace, Source(users_file=users_file),
-                        CrawlOptions(num_users=DEMO_USERS, per_user=DEMO_PER_USER),
+                        CrawlOptions(num_users=DEMO_USERS, per_user=DEMO_PER_USER, valid_refs=DEMO_VALID_REFS),
                         Network(DEMO_KEY, DEMO_SECRET, server.rest_url, retry_base=0.05, timeout=5.0))
     say(summary.line())
 
@@ -125,11 +134,15 @@ def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], 
                               client_factory=lambda: dask_client(None, workers))
     say(shard_summary.line())
     say(train_demo_model(workspace))
+    evaluation_line, table = evaluate_demo_model(workspace)
+    say(evaluation_line)
+    enhance_line, enhanced = enhance_demo_photos(workspace)
+    say(enhance_line)
 
     audit_report = audit(workspace)
     say(audit_report.line())
     result.ok = audit_report.ok and rules_summary.done["failed"] == 0 and not shard_summary.skipped
-    result.report = write_report(workspace, result.lines, sources[0].name if sources else None)
+    result.report = write_report(workspace, result.lines, sources[0].name if sources else None, table, enhanced)
     say(f"demo: report written to {result.report}")
     return result
 
@@ -153,6 +166,59 @@ def train_demo_model(workspace: Workspace) -> str:
     return f"train: small networks at 64 px, one epoch per step ({best}) -> {summary.model_path}"
 
 
+def evaluate_demo_model(workspace: Workspace) -> tuple[str, str]:
+    """The demo model scored on the valid users of the shards; the summary line and the text table.
+
+    The valid users' pseudo originals are the inputs and their retouched
+    photos the targets, as in :mod:`model.evaluation`; ``ROOT/evaluation.html``
+    shows the table and example triplets.
+    """
+    from model.evaluation import Settings, format_table
+
+    from .evaluate_stage import run, write_reports
+
+    settings = Settings(num_preferred=(DEMO_PREFERRED,), draws=DEMO_DRAWS, size=DEMO_EVAL_SIZE, examples=3)
+    outcome = run(workspace.root / "msm" / "model.pt", settings, shards=[str(workspace.shards_dir())],
+                  default_out=workspace.root / "evaluation")
+    write_reports(outcome, workspace.root / "evaluation.json", workspace.root / "evaluation.html")
+    scores = outcome.summary["table"].get(str(DEMO_PREFERRED), {})
+    psnrs = ", ".join(f"{method} {metrics['psnr']['mean']:.2f}" for method, metrics in scores.items())
+    return (f"evaluate: {len(outcome.users)} valid users, N = {DEMO_PREFERRED}, {DEMO_DRAWS} draws, PSNR (dB) at "
+            f"{DEMO_EVAL_SIZE} px: {psnrs or 'no user had enough pairs'} -> {workspace.root / 'evaluation.html'}",
+            format_table(outcome.summary))
+
+
+def enhance_demo_photos(workspace: Workspace) -> tuple[str, list[tuple[Path, Path, Path]]]:
+    """The unseen photos of the first valid user enhanced from its reference pairs; the line and the triplets.
+
+    Each triplet is (pseudo original, enhanced, retouched photo) as files.
+    """
+    from model.personalize import Personalizer
+
+    from .enhance_stage import PairReader, output_path, run_enhance
+
+    for nsid in workspace.crawled_users():
+        latest = latest_by(workspace.flickr_manifest(nsid).read().records, "photo_id").values()
+        usable = [r for r in latest if r["status"] == "ok" and r.get("degraded")]
+        references = [r for r in usable if r.get("split") == "valid_ref"]
+        unseen = [r for r in usable if r.get("split") == "valid"]
+        if references and unseen:
+            break
+    else:
+        return "enhance: no valid user with reference and unseen photos", []
+
+    def files(record: dict) -> tuple[Path, Path]:
+        return (workspace.resolve_relative(record["degraded"]["file"]), workspace.resolve_relative(record["file"]))
+
+    personalizer = Personalizer.from_checkpoint(workspace.root / "msm" / "model.pt")
+    personalizer.fit(PairReader([files(record) for record in references]))
+    out = workspace.root / "demo" / "enhanced" / nsid
+    photos = [files(record)[0] for record in unseen]
+    summary = run_enhance(personalizer, photos, out)
+    triplets = [(source, output_path(source, out), files(record)[1]) for source, record in zip(photos, unseen)]
+    return summary.line(), [triplet for triplet in triplets if triplet[1].exists()]
+
+
 def _thumbnail(path: Path, height: int = 120) -> str:
     pixels = read_image(path).as_uint8()
     scale = height / pixels.shape[0]
@@ -165,8 +231,10 @@ def _figure(path: Path, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def write_report(workspace: Workspace, lines: list[str], rules_image: str | None) -> Path:
-    """A self-contained HTML page: stage summaries, crawled photos per user, the 25 rules on one image."""
+def write_report(workspace: Workspace, lines: list[str], rules_image: str | None, evaluation: str = "",
+                 enhanced: list[tuple[Path, Path, Path]] = ()) -> Path:
+    """A self-contained HTML page: stage summaries, crawled photos per user, pseudo originals, the
+    evaluation table, personalized photos and the 25 rules on one image."""
     parts = ["<!doctype html><meta charset='utf-8'><title>pie demo</title>",
              "<style>body{font-family:sans-serif;margin:2em}figure{display:inline-block;margin:4px;"
              "font-size:11px;text-align:center}pre{background:#f4f4f4;padding:1em}</style>",
@@ -187,6 +255,14 @@ def write_report(workspace: Workspace, lines: list[str], rules_image: str | None
         for record in pairs:
             parts.append(_figure(workspace.resolve_relative(record["degraded"]["file"]), f"{record['photo_id']} input")
                          + _figure(workspace.resolve_relative(record["file"]), "retouched target"))
+    if evaluation:
+        parts += ["<h2>Evaluation on the valid users (mean ± std over draws)</h2><pre>", html.escape(evaluation),
+                  "</pre><p>Example triplets: <a href='evaluation.html'>evaluation.html</a></p>"]
+    if enhanced:
+        parts.append("<h2>Personalized: held-out photos of one valid user, enhanced from its reference pairs</h2>")
+        for source, output, target in enhanced:
+            parts.append("<div>" + _figure(source, f"{source.stem} pseudo original") + _figure(output, "enhanced")
+                         + _figure(target, "the user's retouch") + "</div>")
     if rules_image is not None:
         parts.append(f"<h2>The 25 rule-based pseudo-users on {html.escape(rules_image)}</h2>")
         for rule_dir in sorted((workspace.root / "rules").iterdir()):
