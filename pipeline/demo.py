@@ -139,7 +139,7 @@ def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], 
     enhance_line, enhanced = enhance_demo_photos(workspace)
     say(enhance_line)
 
-    audit_report = audit(workspace)
+    audit_report = audit(workspace, valid_refs=DEMO_VALID_REFS)
     say(audit_report.line())
     result.ok = audit_report.ok and rules_summary.done["failed"] == 0 and not shard_summary.skipped
     result.report = write_report(workspace, result.lines, sources[0].name if sources else None, table, enhanced)

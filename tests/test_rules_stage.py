@@ -252,3 +252,16 @@ def test_cli_stage_with_only_and_a_local_cluster(originals, tmp_path):
     unknown = CliRunner().invoke(cli, ["--root", str(tmp_path / "ws"), "rules", "--fivek", str(originals),
                                        "--only", "nope"])
     assert unknown.exit_code == 2 and "unknown rule 'nope'" in unknown.output
+
+
+def test_local_workers_keep_glibcs_malloc_trim_threshold_and_one_thread(client):
+    """Dask's nanny would set MALLOC_TRIM_THRESHOLD_=65536, which makes the rules about 4x slower."""
+    def worker_environment():
+        import cv2
+        import torch
+
+        return os.environ.get("MALLOC_TRIM_THRESHOLD_"), torch.get_num_threads(), cv2.getNumThreads()
+
+    inherited = os.environ.get("MALLOC_TRIM_THRESHOLD_")  # the nanny also writes its settings here
+    assert inherited != "65536"
+    assert set(client.run(worker_environment).values()) == {(inherited, 1, 1)}
