@@ -18,7 +18,7 @@ from manifests.licenses import parse_license_filter
 from manifests.workspace import Workspace
 
 from . import console
-from .config import ConfigError, load_defaults
+from .config import ConfigError, Names, load_defaults
 
 
 @dataclass
@@ -56,13 +56,29 @@ def cli(ctx: click.Context, root: Path, config_path: Path | None, verbose: int, 
     console.setup_logging(verbose, quiet)
     workspace = Workspace(root)
     try:
-        defaults = load_defaults(config_path or workspace.root / "pie.toml")
+        defaults = load_defaults(config_path or workspace.root / "pie.toml", option_names(ctx.command))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     if config_path is not None and not config_path.exists():
         raise click.ClickException(f"{config_path}: config file not found")
     ctx.default_map = {**defaults, **(ctx.default_map or {})}
     ctx.obj = Session(workspace, verbose, quiet)
+
+
+def option_names(command: click.Command) -> Names:
+    """The options of ``command`` and, for a group, of its subcommands: what ``pie.toml`` may set.
+
+    Each option is known by its long flags without dashes and by its parameter name.
+    """
+    options = {}
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name and not param.hidden:
+            for flag in [*param.opts, *param.secondary_opts]:
+                if flag.startswith("--"):
+                    options[flag[2:].replace("-", "_")] = param.name
+            options[param.name] = param.name
+    subcommands = getattr(command, "commands", {})
+    return Names(options, {name.replace("-", "_"): option_names(sub) for name, sub in subcommands.items()})
 
 
 # pie crawl ------------------------------------------------------------------------------------

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pipeline.cli import cli, option_names
 from pipeline.config import ConfigError, load_defaults
 from pipeline.crawl import splits
 from pipeline.crawl.budget import ApiBudget
@@ -159,3 +163,28 @@ def test_config_defaults_and_secret_refusal(tmp_path):
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_defaults(path)
     assert load_defaults(tmp_path / "missing.toml") == {}
+
+
+def test_config_names_are_checked_against_the_commands_options(tmp_path):
+    path = tmp_path / "pie.toml"
+    names = option_names(cli)
+    path.write_text("quiet = true\n[crawl]\nper-user = 5\n[rules.list]\npresets = 'looks'\n")
+    assert load_defaults(path, names) == {"quiet": True, "crawl": {"per_user": 5},
+                                          "rules": {"list": {"presets_dir": "looks"}}}
+    for text, message in [("[crawl]\nnum-user = 5\n", "[crawl] has no option 'num-user'; did you mean 'num-users'?"),
+                          ("[crawlx]\nnum-users = 5\n", "the top level has no option 'crawlx'; did you mean 'crawl'?"),
+                          ("[train-degrader]\nstep = 5\n", "[train-degrader] has no option 'step'; did you mean 'steps'?"),
+                          ("[audit]\nzzz = 1\n", "[audit] has no option 'zzz'")]:
+        path.write_text(text)
+        with pytest.raises(ConfigError) as error:
+            load_defaults(path, names)
+        assert str(error.value) == f"{path}: {message}"
+
+
+def test_an_unknown_config_key_is_one_line_and_exit_1_from_the_installed_script(tmp_path):
+    (tmp_path / "pie.toml").write_text("[crawl]\nnum-user = 5\n")
+    result = subprocess.run([str(Path(sys.executable).with_name("pie")), "--root", str(tmp_path), "audit"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: {tmp_path / 'pie.toml'}: [crawl] has no option 'num-user'; did you mean 'num-users'?"]
