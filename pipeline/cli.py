@@ -825,12 +825,24 @@ def demo(session: Session, workers) -> None:
         raise click.ClickException("demo finished with problems; see the audit lines above")
 
 
+def _group_flags() -> set[str]:
+    """Every flag of the ``pie`` group itself (``--root``, ``-q``, ...)."""
+    return {flag for param in cli.params for flag in [*param.opts, *param.secondary_opts]}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one-line errors, exit codes 1 (error), 2 (usage), 130 (interrupted)."""
     try:
         # Without standalone mode Click returns the code of ``ctx.exit(code)`` instead of raising it.
         code = cli.main(args=argv, prog_name="pie", standalone_mode=False)
     except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.NoSuchOption as exc:
+        if exc.option_name in _group_flags() and exc.ctx is not None and exc.ctx.parent is not None:
+            command = exc.ctx.command_path.partition(" ")[2]
+            exc.message = (f"{exc.option_name} is an option of pie itself: put it before the command, "
+                           f"as in 'pie {exc.option_name} ... {command} ...'")
+        exc.show()
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()

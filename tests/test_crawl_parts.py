@@ -188,3 +188,15 @@ def test_an_unknown_config_key_is_one_line_and_exit_1_from_the_installed_script(
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"Error: {tmp_path / 'pie.toml'}: [crawl] has no option 'num-user'; did you mean 'num-users'?"]
+
+
+def test_a_group_option_after_the_command_says_where_it_goes(tmp_path):
+    pie = str(Path(sys.executable).with_name("pie"))
+    misplaced = subprocess.run([pie, "audit", "--root", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert misplaced.returncode == 2
+    assert misplaced.stderr.strip().splitlines()[-1] == (
+        "Error: --root is an option of pie itself: put it before the command, as in 'pie --root ... audit ...'")
+    nested = subprocess.run([pie, "rules", "list", "-q"], capture_output=True, text=True, timeout=120)
+    assert nested.returncode == 2 and "'pie -q ... rules list ...'" in nested.stderr
+    unknown = subprocess.run([pie, "audit", "--bogus"], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and "No such option '--bogus'" in unknown.stderr
