@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from manifests.files import load_error_reason
+
 KERNEL_SIZE = 3  # every convolution of DSN is 3x3, stride 1, padding 1 (the attention's 1x1 aside)
 DEFAULT_ENCODER_SEED = 0
 
@@ -379,7 +381,7 @@ def encoder_from_vgg16(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Ten
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several unrelated types for unreadable files
-        raise ValueError(f"{path}: not a readable VGG16 state dict ({error})") from error
+        raise ValueError(f"{path}: not a readable VGG16 state dict ({load_error_reason(error)})") from None
     known_names = (("features.0.weight", "features.2.weight"), ("conv1_1.weight", "conv1_2.weight"))
     if isinstance(state, dict):
         for first_name, second_name in known_names:

@@ -38,6 +38,7 @@ import torch
 
 from degrader.dsn import DSN, DSNConfig
 from degrader.infer import degrade_batch, enhance_batch, to_uint8
+from manifests.files import load_error_reason
 
 CHECKPOINT_FORMAT = "pie.degrader.dsn.v1"
 # Fields that may change between a run and its resumption without changing the result.
@@ -418,7 +419,7 @@ def _safe_load(path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several unrelated types for damaged files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from error
+        raise CheckpointError(f"{path}: not a readable checkpoint ({load_error_reason(error)})") from None
 
 
 def _to_tensor(batch: np.ndarray, device: torch.device, memory_format: torch.memory_format) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""File operations every stage shares: atomic writes and streamed checksums.
+"""File operations every stage shares: atomic writes, streamed checksums, why a weights file was refused.
 
 A file is written under a temporary name beside its target and renamed into
 place, so a crash or kill never leaves a partial file under the final name;
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -33,3 +34,24 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+
+
+def load_error_reason(error: BaseException) -> str:
+    """One line on why ``torch.load(..., weights_only=True)`` refused a file.
+
+    Torch's own message for a file holding pickled Python objects advises
+    loading it with ``weights_only=False``, which would run code from the
+    file; pie never does that, so the reason names the object instead.
+    """
+    text = _ANSI_ESCAPE.sub("", str(error))
+    unsupported = _UNSUPPORTED_GLOBAL.search(text)
+    if unsupported:
+        return f"it holds a pickled Python object ({unsupported.group(1)}), which pie never unpickles"
+    if "Weights only load failed" in text:
+        return "it holds pickled Python objects, which pie never unpickles"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {first[:200]}" if first else type(error).__name__

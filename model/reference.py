@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from manifests.files import load_error_reason
+
 from .networks import MSM, MSMConfig, _features, _resnet
 from .pca import StylePCA
 
@@ -38,8 +40,7 @@ def _read(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several unrelated types for damaged or unsafe files
-        first = (str(error).strip().splitlines() or [""])[0][:200]
-        raise WeightsError(f"{path}: not a readable weights file ({type(error).__name__}: {first})") from None
+        raise WeightsError(f"{path}: not a readable weights file ({load_error_reason(error)})") from None
 
 
 def load_state(module: nn.Module, state: dict, source) -> None:

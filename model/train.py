@@ -65,6 +65,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from manifests.files import load_error_reason
+
 from . import data as msm_data
 from .inference import PreferredSet, styles_from_contents
 from .losses import PERCEPTUAL_WEIGHT, TV_WEIGHT, PerceptualLoss, psnr, step1_loss
@@ -302,8 +304,7 @@ def read_checkpoint(path: str | os.PathLike, fmt: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several unrelated types for damaged files
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {first[:200]})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({load_error_reason(error)})") from None
     if not isinstance(state, dict) or state.get("format") != fmt:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not a {fmt} file (found {found!r})")
