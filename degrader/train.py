@@ -63,6 +63,32 @@ class CheckpointError(ValueError):
     """A checkpoint that is unreadable, truncated, or belongs to another run."""
 
 
+class ConfigurationMismatch(CheckpointError):
+    """A checkpoint of another configuration: ``differences`` are ``(setting, saved, asked)`` triples,
+    ``saved_model`` the network configuration it was trained with."""
+
+    def __init__(self, path, differences: list[tuple[str, object, object]], saved_model: dict):
+        listed = "; ".join(f"{name}: {saved!r} in the checkpoint, {asked!r} now" for name, saved, asked in differences)
+        super().__init__(f"{path}: checkpoint belongs to another configuration ({listed})")
+        self.differences, self.saved_model = differences, saved_model
+
+
+def config_differences(saved: dict, config: "TrainConfig") -> list[tuple[str, object, object]]:
+    """``(setting, saved, asked)`` for each setting that may not change on resumption; the network's
+    settings one by one (``model.coupling_blocks``)."""
+    differences = []
+    for name, value in config.to_dict().items():
+        if name in RESUMABLE_FIELDS:
+            continue
+        value = _as_saved(value)
+        if isinstance(value, dict) and isinstance(saved.get(name), dict):
+            differences += [(f"{name}.{key}", saved[name].get(key), item) for key, item in value.items()
+                            if saved[name].get(key) != item]
+        elif saved.get(name) != value:
+            differences.append((name, saved.get(name), value))
+    return differences
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every number of a DSN training run; defaults are the reference recipe
@@ -457,12 +483,9 @@ def _resume(path: Path, config: TrainConfig, model: DSN, optimizer, scheduler, s
     state = read_checkpoint(path)
     try:
         saved = state["config"]
-        differences = [f"{name}: {saved.get(name)!r} != {value!r}"
-                       for name, value in config.to_dict().items()
-                       if name not in RESUMABLE_FIELDS and saved.get(name) != _as_saved(value)]
+        differences = config_differences(saved, config)
         if differences:
-            raise CheckpointError(f"{path}: checkpoint belongs to another configuration ("
-                                  + "; ".join(differences) + ")")
+            raise ConfigurationMismatch(path, differences, saved.get("model") or {})
         _load_weights(path, model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -349,7 +349,7 @@ def train_degrader(session: Session, model_size, blocks, channels, subnet_channe
     import dataclasses
 
     from degrader.dsn import DSNConfig, encoder_from_vgg16
-    from degrader.train import TrainConfig, train
+    from degrader.train import ConfigurationMismatch, TrainConfig, train
 
     from .degrade_stage import rule_pairs
 
@@ -387,6 +387,10 @@ def train_degrader(session: Session, model_size, blocks, channels, subnet_channe
         filters = encoder_from_vgg16(vgg16) if vgg16 is not None else None
         with bar:
             train(config, pairs, valid, checkpoint, encoder_filters=filters, device=_device(device), on_log=on_log)
+    except ConfigurationMismatch as exc:
+        sizes = [size for size in MODEL_SIZES if dataclasses.asdict(getattr(DSNConfig, size)()) == exc.saved_model]
+        same = f"the settings it was trained with (--model {sizes[0]} ...)" if sizes else "the settings it was trained with"
+        raise click.ClickException(f"{exc}; resume it with {same}, or train another with --out FILE") from None
     except ValueError as exc:  # CheckpointError, ImageError and bad options are ValueErrors
         raise click.ClickException(str(exc).splitlines()[0]) from None
     psnr = (f"; validation PSNR degrade {last['val_psnr_degrade']:.2f} dB, enhance {last['val_psnr_enhance']:.2f} dB"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,6 +144,13 @@ def test_bad_checkpoint_and_bad_photo_are_one_line_errors(workspace):
 
     checkpoint.unlink()
     assert runner.invoke(cli, root + TRAIN + ["--steps", "3"]).exit_code == 0
+    other = [argument if argument != "tiny" else "small" for argument in TRAIN]
+    mismatch = subprocess.run([str(Path(sys.executable).with_name("pie")), *root, *other, "--steps", "3"],
+                              capture_output=True, text=True, timeout=300)
+    assert mismatch.returncode == 1 and len(mismatch.stderr.strip().splitlines()) == 1, mismatch.stderr
+    assert "model.coupling_blocks: 2 in the checkpoint, 4 now" in mismatch.stderr
+    assert "resume it with the settings it was trained with (--model tiny ...), or train another with --out FILE" \
+        in mismatch.stderr
     workspace.flickr_photo(NSID, "1001").write_bytes(b"\xff\xd8\xff garbage")
     result = runner.invoke(cli, root + ["degrade", "--device", "cpu", "--workers", "1"])
     assert result.exit_code == 0 and "2 pseudo originals written" in result.output and "1 failed" in result.output

@@ -322,10 +322,10 @@ def test_damaged_or_foreign_checkpoints_raise_checkpoint_error(trained, tmp_path
 
     mismatched = tmp_path / "mismatched.pt"
     mismatched.write_bytes(payload)
-    with pytest.raises(CheckpointError, match=r"mismatched.pt.*crop_size: 32 != 48"):
+    with pytest.raises(CheckpointError, match=r"mismatched.pt.*crop_size: 32 in the checkpoint, 48 now"):
         train(TrainConfig(model=DSNConfig.tiny(), steps=31, batch_size=4, crop_size=48), pairs, None,
               mismatched, device="cpu")
-    with pytest.raises(CheckpointError, match="mismatched.pt.*model: "):
+    with pytest.raises(CheckpointError, match=r"mismatched.pt.*model\.coupling_blocks: 2 in the checkpoint, 4 now"):
         train(TrainConfig(model=DSNConfig.small(), steps=31, batch_size=4, crop_size=32), pairs, None,
               mismatched, device="cpu")
 
