@@ -198,7 +198,7 @@ def flickr_replay(session: Session, directory, host, port, api_key, faults, seed
 
 def _all_rules(presets_dir: Path | None) -> dict:
     """The 25 built-in rules plus every preset file in ``presets_dir``."""
-    from rules.preset import load_preset_dir
+    from rules.preset import builtin_presets, load_preset_dir
     from rules.registry import builtin_rules, rules_from_presets
 
     rules = builtin_rules()
@@ -206,9 +206,12 @@ def _all_rules(presets_dir: Path | None) -> dict:
         presets, problems = load_preset_dir(presets_dir)
         for problem in problems:
             click.echo(f"pie: {problem}", err=True)
-        clashes = sorted(set(presets) & set(rules))
+        shipped = builtin_presets()
+        clashes = sorted(name for name in set(presets) & set(rules)
+                         if name not in shipped or presets[name].settings != shipped[name].settings)
         if clashes:
             raise click.UsageError(f"--presets: {presets_dir} redefines built-in rule {clashes[0]!r}")
+        presets = {name: preset for name, preset in presets.items() if name not in rules}  # copies of built-ins
         rules.update(rules_from_presets(presets))
     return rules
 

@@ -5,9 +5,9 @@ pseudo-users of Kosugi & Yamasaki (IEEE TCSVT 2023, "Preset1-15"); their
 names are the file names. A folder of user presets may mix XMP and
 ``.lrtemplate`` files; one unreadable file is reported and skipped.
 
-The presets folder also ships ``yesteryear.lrtemplate``, a sixteenth look in
-the legacy format, as an example for ``load_preset`` and ``load_preset_dir``;
-it is not one of the built-ins.
+``rules/example_presets/`` ships ``yesteryear.lrtemplate``, a sixteenth look
+in the legacy format, as an example for ``load_preset``, ``load_preset_dir``
+and ``pie rules --presets``; it is not one of the built-ins.
 """
 
 from __future__ import annotations

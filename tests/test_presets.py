@@ -562,7 +562,7 @@ def test_out_of_range_and_unknown_keys_in_a_file_are_not_fatal():
 def test_shipped_lrtemplate_reads_like_lightroom_would():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        preset = load_preset(PRESET_DIR / "yesteryear.lrtemplate")
+        preset = load_preset(PRESET_DIR.with_name("example_presets") / "yesteryear.lrtemplate")
     assert preset.name == "yesteryear" and preset.title == "Yesteryear"
     assert preset.unknown_keys == ()
     settings = preset.settings

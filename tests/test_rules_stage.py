@@ -6,6 +6,8 @@ import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 import shutil
 from pathlib import Path
 
@@ -226,7 +228,7 @@ def test_cli_list_show_and_extra_presets(originals, tmp_path):
     assert listing.exit_code == 0 and "LIME" in listing.output and "teal-orange" in listing.output
     extra = tmp_path / "presets"
     extra.mkdir()
-    shutil.copy(PRESET_DIR / "yesteryear.lrtemplate", extra)
+    shutil.copy(PRESET_DIR.with_name("example_presets") / "yesteryear.lrtemplate", extra)
     (extra / "broken.xmp").write_text("<x:xmpmeta")
     listing = runner.invoke(cli, ["rules", "list", "--presets", str(extra)])
     assert listing.exit_code == 0 and "yesteryear" in listing.output
@@ -265,3 +267,23 @@ def test_local_workers_keep_glibcs_malloc_trim_threshold_and_one_thread(client):
     inherited = os.environ.get("MALLOC_TRIM_THRESHOLD_")  # the nanny also writes its settings here
     assert inherited != "65536"
     assert set(client.run(worker_environment).values()) == {(inherited, 1, 1)}
+
+
+def test_presets_option_on_the_shipped_folders_and_a_changed_built_in(tmp_path):
+    pie = str(Path(sys.executable).with_name("pie"))
+
+    def listing(folder: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([pie, "rules", "list", "--presets", str(folder)], capture_output=True, text=True,
+                              timeout=120)
+
+    shipped = listing(PRESET_DIR)  # the fifteen built-ins themselves
+    assert shipped.returncode == 0, shipped.stderr
+    assert shipped.stdout == subprocess.run([pie, "rules", "list"], capture_output=True, text=True).stdout
+    example = listing(PRESET_DIR.with_name("example_presets"))
+    assert example.returncode == 0 and "yesteryear" in example.stdout
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    (changed / "punch.xmp").write_bytes((PRESET_DIR / "punch.xmp").read_bytes()
+                                          .replace(b'crs:Contrast2012="+25"', b'crs:Contrast2012="+60"'))
+    clash = listing(changed)
+    assert clash.returncode == 2 and "redefines built-in rule 'punch'" in clash.stderr
