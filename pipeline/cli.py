@@ -527,6 +527,12 @@ def audit(session: Session, licenses, valid_refs, no_checksums, json_path) -> No
         allowed = parse_license_filter(licenses)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    root = session.workspace.root
+    if not root.is_dir():
+        raise click.ClickException(f"{root}: no such workspace; give the workspace with --root DIR before the "
+                                   "command, or PIE_ROOT")
+    if not any((root / "manifests").rglob("*.jsonl")):
+        raise click.ClickException(f"{root}: no manifest under {root / 'manifests'}; nothing to audit")
     report = run_audit(session.workspace, licenses=allowed, valid_refs=valid_refs,
                        verify_checksums=not no_checksums)
     for problem in report.problems:

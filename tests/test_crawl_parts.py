@@ -200,3 +200,15 @@ def test_a_group_option_after_the_command_says_where_it_goes(tmp_path):
     assert nested.returncode == 2 and "'pie -q ... rules list ...'" in nested.stderr
     unknown = subprocess.run([pie, "audit", "--bogus"], capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 2 and "No such option '--bogus'" in unknown.stderr
+
+
+def test_audit_of_a_missing_or_empty_workspace_fails(tmp_path):
+    pie = str(Path(sys.executable).with_name("pie"))
+    missing = subprocess.run([pie, "--root", str(tmp_path / "typo"), "audit"], capture_output=True, text=True,
+                             timeout=120)
+    assert missing.returncode == 1 and "no such workspace" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    (tmp_path / "empty" / "manifests").mkdir(parents=True)
+    empty = subprocess.run([pie, "--root", str(tmp_path / "empty"), "audit"], capture_output=True, text=True,
+                           timeout=120)
+    assert empty.returncode == 1 and "no manifest" in empty.stderr
