@@ -155,6 +155,9 @@ def crawl(session: Session, users_file, crawl_list, discover, groups, num_users,
     except (UserListError, ApiError, CrawlAborted) as exc:
         raise click.ClickException(console.scrub(str(exc))) from None
     console.summary(summary.line(), session.quiet)
+    unfinished = summary.unfinished(num_users)
+    if unfinished:
+        raise click.ClickException(unfinished)
 
 
 # pie flickr-replay -----------------------------------------------------------------------------

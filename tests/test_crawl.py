@@ -94,7 +94,8 @@ def test_usernames_urls_and_missing_users(corpus, tmp_path):
     lines = ["sample-user-00", f"https://www.flickr.com/photos/sample01/", "424242@N01", nsids[2]]
     with ReplayServer(folder, api_key=KEY) as server:
         result = CliRunner().invoke(cli, crawl_args(server, tmp_path / "ws", users_file(tmp_path, lines)))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1  # one of the four users asked for does not exist
+    assert "crawl unfinished: 3 of the 4 users asked for have enough eligible photos" in result.output
     users = [json.loads(line) for line in (tmp_path / "ws/manifests/flickr-users.jsonl").read_text().splitlines()]
     assert {u["user"]: u["status"] for u in users} == {nsids[0]: "complete", nsids[1]: "complete",
                                                         "424242@N01": "missing", nsids[2]: "complete"}
@@ -127,7 +128,7 @@ def test_hostile_ids_never_leave_the_workspace(corpus, tmp_path):
         sidecar.write_text(json.dumps(meta))
     with ReplayServer(hostile, api_key=KEY) as server:
         result = CliRunner().invoke(cli, crawl_args(server, tmp_path / "ws", users_file(tmp_path, [user_dir.name]))
-                                    + ["--per-user", "3"])
+                                    + ["--per-user", "3", "--num-users", "1"])
     assert result.exit_code == 0, result.output
     written = set(tmp_path.rglob("*")) - set(hostile.rglob("*")) - {hostile, tmp_path / "users.txt"}
     workspace_root = tmp_path / "ws"
@@ -142,7 +143,7 @@ def test_html_instead_of_jpeg_is_rejected_with_a_reason(corpus, tmp_path):
     with ReplayServer(folder, api_key=KEY, faults="img:html=1.0") as server:
         result = CliRunner().invoke(cli, crawl_args(server, tmp_path / "ws", users_file(tmp_path, nsids[:1]))
                                     + ["--num-users", "1"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1 and "0 of the 1 users asked for have enough eligible photos" in result.output
     records = final_state(tmp_path / "ws")
     assert records and all(status == "rejected" for status, *_ in records.values())
     reasons = {r["reason"].split(":")[0] for r in Workspace(tmp_path / "ws").flickr_manifest(nsids[0]).read().records}
@@ -175,7 +176,8 @@ def test_published_pickle_list_through_a_mirror(tmp_path):
             "--root", str(tmp_path / "ws"), "crawl", "--from-list", str(DATA / "valid_from_flickr.pkl"),
             "--num-users", "2", "--per-user", "100", "--min-side", "100", "--api-key", KEY,
             "--api-secret", SECRET, "--api-url", server.rest_url, "--mirror", mirror, "--calls-per-hour", "100000"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1  # the replay holds 5 of each user's 100 listed photos
+    assert "0 of the 2 users asked for have enough eligible photos" in result.output
     workspace = Workspace(tmp_path / "ws")
     for nsid in chosen:
         latest = latest_by(workspace.flickr_manifest(nsid).read().records, "photo_id")
@@ -251,7 +253,8 @@ def test_a_rejection_after_the_last_submission_gets_a_replacement(tmp_path):
             (folder / nsid / f"{copy_id}.json").write_text(json.dumps({"license": "4"}))
     with ReplayServer(folder, api_key=KEY) as server:
         args = crawl_args(server, tmp_path / "ws", users_file(tmp_path, nsids)) + ["--per-user", "12",
-                                                                                   "--valid-refs", "5"]
+                                                                                   "--valid-refs", "5",
+                                                                                   "--num-users", "2"]
         result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     users = [json.loads(line) for line in (tmp_path / "ws/manifests/flickr-users.jsonl").read_text().splitlines()]
@@ -272,3 +275,25 @@ def test_discover_finds_owners_with_enough_eligible_photos(corpus, tmp_path):
     assert methods.get("flickr.photos.search", 0) >= 1
     users = [json.loads(line) for line in (tmp_path / "ws/manifests/flickr-users.jsonl").read_text().splitlines()]
     assert len(users) == 2 and all(u["status"] == "complete" and u["user"] in nsids for u in users)
+
+
+def test_failed_downloads_and_an_empty_user_file_exit_1_and_a_rerun_finishes(corpus, tmp_path):
+    from pipeline.replay_faults import FaultSpec
+
+    folder, nsids = corpus
+    pie = str(Path(sys.executable).with_name("pie"))
+    people = users_file(tmp_path, nsids[:2])
+    with ReplayServer(folder, api_key=KEY, faults="img:500=1.0", seed=2) as server:
+        args = [a for a in crawl_args(server, tmp_path / "ws", people, "--num-users", "2") if a != "-q"]
+        failed = subprocess.run([pie, *args, "--attempts", "2"], capture_output=True, text=True, timeout=300)
+        assert failed.returncode == 1
+        assert "0 users could not be listed and 2 are short after failed downloads; rerun the same command" \
+            in failed.stderr
+        server.faults = FaultSpec.none()
+        rerun = subprocess.run([pie, *args], capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        assert "users 2 complete" in rerun.stdout
+        empty = subprocess.run([pie, *crawl_args(server, tmp_path / "ws", users_file(tmp_path, ["# nobody"]))],
+                               capture_output=True, text=True, timeout=300)
+    assert empty.returncode == 1 and "users.txt: no users" in empty.stderr
+    assert len(empty.stderr.strip().splitlines()) == 1

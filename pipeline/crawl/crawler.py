@@ -78,6 +78,8 @@ class CrawlSummary:
     users_short: int = 0
     users_missing: int = 0
     users_failed: int = 0
+    #: Users left short with photos whose download failed: a rerun retries those photos.
+    users_retryable: int = 0
     skipped: int = 0
     statuses: Counter = field(default_factory=Counter)
     reasons: Counter = field(default_factory=Counter)
@@ -99,6 +101,16 @@ class CrawlSummary:
                 f"{self.statuses['rejected']} rejected" + (f" [{reasons}]" if reasons else "")
                 + f"; {self.api_calls} API calls ({self.api_retries} retried), "
                 f"{self.bytes / 2**20:.1f} MiB in {self.seconds:.1f} s")
+
+    def unfinished(self, num_users: int) -> str | None:
+        """Why the crawl did not reach ``num_users`` complete users, in one line, or None when it did."""
+        if self.users_failed or self.users_retryable:
+            return (f"crawl unfinished: {self.users_failed} users could not be listed and {self.users_retryable} "
+                    "are short after failed downloads; rerun the same command to retry them")
+        if self.users_complete < num_users:
+            return (f"crawl unfinished: {self.users_complete} of the {num_users} users asked for have enough "
+                    "eligible photos; give more users (or a smaller --num-users)")
+        return None
 
 
 @dataclass
@@ -340,6 +352,8 @@ class Crawler:
             self.summary.users_complete += 1
         else:
             self.summary.users_short += 1
+            if any(record.get("status") == "failed" for record in state.latest.values()):
+                self.summary.users_retryable += 1
         self.flush()
         self.workspace.flickr_users_manifest().append([{
             "schema": USER_SCHEMA, "user": nsid, "status": "complete" if complete else "short",

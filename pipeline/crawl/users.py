@@ -70,6 +70,8 @@ def read_user_file(path: Path) -> list[UserRef]:
         if ref.value not in seen:
             seen.add(ref.value)
             refs.append(ref)
+    if not refs:
+        raise UserListError(f"{path}: no users (one NSID, username or profile URL per line)")
     return refs
 
 
