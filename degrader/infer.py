@@ -126,11 +126,21 @@ def degrade_image(model: DSN, image: np.ndarray, tile: int = DEFAULT_TILE, overl
     return to_uint8(blended / weight_sum)
 
 
+class NonFiniteOutput(ValueError):
+    """The network gave NaN or infinite values, which no 8-bit image can hold."""
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Clamp a float image to [0, 1] and round it to 8 bits (reference
-    ``tensor2img``); a uint8 image is returned as it is."""
+    ``tensor2img``); a uint8 image is returned as it is.
+
+    Raises :class:`NonFiniteOutput` when any value is NaN or infinite (they
+    would otherwise become black pixels).
+    """
     if image.dtype == np.uint8:
         return image
+    if not np.isfinite(image).all():
+        raise NonFiniteOutput("the degrader gave NaN or infinite values")
     return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 

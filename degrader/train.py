@@ -507,6 +507,9 @@ def _resume(path: Path, config: TrainConfig, model: DSN, optimizer, scheduler, s
 
 
 def _load_weights(path, model: DSN, weights: dict) -> None:
+    for name, value in weights.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"{path}: weight {name} holds NaN or infinite values; use another checkpoint")
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as error:

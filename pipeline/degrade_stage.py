@@ -194,8 +194,6 @@ def degrade_jobs(root: str, checkpoint: str, jobs: list[DegradeJob], *, device: 
 
     Returns one result per job: ``{"user", "photo_id", "status", "reason", "degraded"}``.
     """
-    from degrader.infer import degrade_batch
-
     if single_thread:
         from .cluster import single_thread as pin_threads
 
@@ -211,14 +209,34 @@ def degrade_jobs(root: str, checkpoint: str, jobs: list[DegradeJob], *, device: 
         except (ImageError, ValueError) as exc:
             results.append({"user": job.user, "photo_id": job.photo_id, "status": "failed",
                             "reason": str(exc).splitlines()[0]})
-    outputs = degrade_batch(model, images, device, max_batch_pixels=max_batch_pixels) if images else []
+    outputs = _degrade_each_finite(model, images, device, max_batch_pixels)
     for job, pixels in zip(ready, outputs):
+        if pixels is None:
+            results.append({"user": job.user, "photo_id": job.photo_id, "status": "failed",
+                            "reason": f"{job.source}: the degrader gave NaN or infinite values for this photo"})
+            continue
         data = encode_png(pixels) if image_format == "png" else encode_jpeg(pixels, quality)
         write_atomic(workspace.resolve_relative(job.target), data)
         results.append({"user": job.user, "photo_id": job.photo_id, "status": "ok", "reason": None,
                         "degraded": {"file": job.target, "sha256": hashlib.sha256(data).hexdigest(),
                                      "format": image_format, "model": digest}})
     return results
+
+
+def _degrade_each_finite(model, images: list, device: str, max_batch_pixels: int) -> list:
+    """``degrade_batch`` of ``images``; where a batch has non-finite output, photo by photo, None for each bad one."""
+    from degrader.infer import NonFiniteOutput, degrade_batch
+
+    try:
+        return degrade_batch(model, images, device, max_batch_pixels=max_batch_pixels) if images else []
+    except NonFiniteOutput:
+        outputs = []
+        for image in images:
+            try:
+                outputs.append(degrade_batch(model, [image], device, max_batch_pixels=max_batch_pixels)[0])
+            except NonFiniteOutput:
+                outputs.append(None)
+        return outputs
 
 
 def batches_by_size(workspace: Workspace, jobs: list[DegradeJob], batch_size: int) -> list[list[DegradeJob]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from skimage import data
 
@@ -154,3 +155,23 @@ def test_bad_checkpoint_and_bad_photo_are_one_line_errors(workspace):
     workspace.flickr_photo(NSID, "1001").write_bytes(b"\xff\xd8\xff garbage")
     result = runner.invoke(cli, root + ["degrade", "--device", "cpu", "--workers", "1"])
     assert result.exit_code == 0 and "2 pseudo originals written" in result.output and "1 failed" in result.output
+
+
+def test_non_finite_weights_are_refused_and_non_finite_outputs_never_become_pixels(workspace):
+    from degrader.infer import NonFiniteOutput, to_uint8
+
+    root = ["--root", str(workspace.root)]
+    assert CliRunner().invoke(cli, root + TRAIN + ["--steps", "1"]).exit_code == 0
+    state = torch.load(workspace.degrader_checkpoint(), weights_only=True)
+    name = next(key for key, value in state["model"].items() if value.is_floating_point())
+    state["model"][name].view(-1)[0] = float("nan")
+    poisoned = workspace.root / "poisoned.pt"
+    torch.save(state, poisoned)
+    result = subprocess.run([str(Path(sys.executable).with_name("pie")), *root, "degrade", "--checkpoint",
+                             str(poisoned), "--device", "cpu", "--workers", "1"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert f"poisoned.pt: weight {name} holds NaN or infinite values" in result.stderr
+    assert not list((workspace.root / "degraded").rglob("*.jpg"))
+    with pytest.raises(NonFiniteOutput):
+        to_uint8(np.array([[[0.5, np.inf, 0.2]]], dtype=np.float32))
