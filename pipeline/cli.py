@@ -395,7 +395,7 @@ def train_degrader(session: Session, model_size, blocks, channels, subnet_channe
             train(config, pairs, valid, checkpoint, encoder_filters=filters, device=_device(device), on_log=on_log)
     except ConfigurationMismatch as exc:
         sizes = [size for size in MODEL_SIZES if dataclasses.asdict(getattr(DSNConfig, size)()) == exc.saved_model]
-        same = f"the settings it was trained with (--model {sizes[0]} ...)" if sizes else "the settings it was trained with"
+        same = "the settings it was trained with" + (f" (--model {sizes[0]} ...)" if sizes else "")
         raise click.ClickException(f"{exc}; resume it with {same}, or train another with --out FILE") from None
     except ValueError as exc:  # CheckpointError, ImageError and bad options are ValueErrors
         raise click.ClickException(str(exc).splitlines()[0]) from None
@@ -434,13 +434,9 @@ def degrade(session: Session, checkpoint, image_format, quality, batch_size, dev
     bar = console.progress(desc="degrade", unit="photo", enabled=session.show_progress)
     try:
         with bar:
-            if device == "cpu":
-                with dask_client(scheduler, workers) as client:
-                    summary = run_degrade(session.workspace, checkpoint, client=client, image_format=image_format,
-                                          quality=quality, batch_size=batch_size, on_done=bar.update)
-            else:
-                summary = run_degrade(session.workspace, checkpoint, device=device, image_format=image_format,
-                                      quality=quality, batch_size=batch_size, on_done=bar.update)
+            summary = run_degrade(session.workspace, checkpoint, device=device, image_format=image_format,
+                                  client_factory=(lambda: dask_client(scheduler, workers)) if device == "cpu" else None,
+                                  quality=quality, batch_size=batch_size, on_done=bar.update)
     except CheckpointError as exc:
         raise click.ClickException(str(exc).splitlines()[0]) from None
     console.summary(summary.line(), session.quiet)

@@ -19,6 +19,7 @@ over the crawl:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -26,7 +27,7 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, ContextManager, Iterable
 
 import numpy as np
 
@@ -269,10 +270,16 @@ class DegradeSummary:
                 f"done, {self.statuses['failed']} failed; model {self.digest[:12]}")
 
 
-def run_degrade(workspace: Workspace, checkpoint: Path, *, device: str = "cpu", client=None,
-                image_format: str = "jpeg", quality: int = 95, batch_size: int = 8,
+def run_degrade(workspace: Workspace, checkpoint: Path, *, device: str = "cpu",
+                client_factory: Callable[[], ContextManager] | None = None, image_format: str = "jpeg",
+                quality: int = 95, batch_size: int = 8,
                 on_done: Callable[[int], None] | None = None) -> DegradeSummary:
-    """Degrade every pending photo: in-process on ``device``, or on the Dask ``client`` (CPU)."""
+    """Degrade every pending photo: in-process on ``device``, or on a Dask client (CPU).
+
+    ``client_factory`` makes the client as a context manager (e.g.
+    :func:`pipeline.cluster.dask_client`); it is called only when there is
+    work, so a run with nothing to do returns at once.
+    """
     from degrader.train import load_degrader
 
     started = time.monotonic()
@@ -283,15 +290,25 @@ def run_degrade(workspace: Workspace, checkpoint: Path, *, device: str = "cpu", 
     records = {nsid: latest_by(workspace.flickr_manifest(nsid).read().records, "photo_id")
                for nsid in {job.user for job in jobs}}
     kwargs = dict(device=device, image_format=image_format, quality=quality)
-    if client is None:
-        result_batches: Iterable[list[dict]] = (degrade_jobs(str(workspace.root), str(checkpoint), batch, **kwargs)
-                                                for batch in batches)
-    else:
-        from distributed import as_completed
+    with contextlib.ExitStack() as stack:
+        if client_factory is None or not batches:
+            result_batches: Iterable[list[dict]] = (
+                degrade_jobs(str(workspace.root), str(checkpoint), batch, **kwargs) for batch in batches)
+        else:
+            from distributed import as_completed
 
-        futures = [client.submit(degrade_jobs, str(workspace.root), str(checkpoint), batch, single_thread=True,
-                                 pure=False, **kwargs) for batch in batches]
-        result_batches = (future.result() for future in as_completed(futures))
+            client = stack.enter_context(client_factory())
+            futures = [client.submit(degrade_jobs, str(workspace.root), str(checkpoint), batch, single_thread=True,
+                                     pure=False, **kwargs) for batch in batches]
+            result_batches = (future.result() for future in as_completed(futures))
+        _record_results(workspace, records, result_batches, summary, on_done)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _record_results(workspace: Workspace, records: dict, result_batches: Iterable[list[dict]],
+                    summary: DegradeSummary, on_done: Callable[[int], None] | None) -> None:
+    """Append a record with its ``degraded`` entry for every photo written, batch by batch."""
     for results in result_batches:
         appended: dict[str, list[dict]] = {}
         for result in results:
@@ -306,5 +323,3 @@ def run_degrade(workspace: Workspace, checkpoint: Path, *, device: str = "cpu", 
             workspace.flickr_manifest(nsid).append(new_records)
         if on_done:
             on_done(len(results))
-    summary.seconds = time.monotonic() - started
-    return summary

@@ -123,8 +123,8 @@ def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], 
           on_log=lambda step, metrics: scores.update(metrics))
     say(f"train-degrader: tiny DSN, {DEMO_STEPS} steps on {len(pairs)} pairs ({len(valid)} held out)"
         + (f"; validation PSNR degrade {scores['val_psnr_degrade']:.2f} dB" if "val_psnr_degrade" in scores else ""))
-    with dask_client(None, workers) as client:
-        say(run_degrade(workspace, workspace.degrader_checkpoint(), client=client).line())
+    say(run_degrade(workspace, workspace.degrader_checkpoint(),
+                    client_factory=lambda: dask_client(None, workers)).line())
 
     from .shard_plan import workspace_plan
     from .shard_stage import run_shard

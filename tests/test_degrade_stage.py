@@ -130,6 +130,9 @@ def test_train_resume_degrade_and_redo_with_another_model(workspace):
     assert "3 pseudo originals written" in redo.output
     latest = latest_by(workspace.flickr_manifest(NSID).read().records, "photo_id")
     assert {record["degraded"]["model"] for record in latest.values()}.isdisjoint(digests)
+    # nothing left to do: no cluster is started or reached (this scheduler address does not answer)
+    idle = runner.invoke(cli, root + ["degrade", "--device", "cpu", "--scheduler", "tcp://127.0.0.1:9"])
+    assert idle.exit_code == 0 and "0 pseudo originals written" in idle.output and "3 already done" in idle.output
 
 
 def test_bad_checkpoint_and_bad_photo_are_one_line_errors(workspace):
