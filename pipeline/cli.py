@@ -7,6 +7,9 @@ one-line summary. Errors are one line on stderr with a non-zero exit code;
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
 import sys
 import traceback
 from dataclasses import dataclass
@@ -35,6 +38,38 @@ class Session:
 
 
 pass_session = click.make_pass_decorator(Session)
+
+
+@contextlib.contextmanager
+def holding_stage(session: Session, stage: str):
+    """Hold the workspace's lock of ``stage`` (:mod:`pipeline.locks`); a held lock is a one-line error.
+
+    Under ``torchrun`` only rank 0 takes it, so the ranks of one run do not
+    stop each other.
+    """
+    from .locks import StageBusy, stage_lock
+
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    try:
+        with stage_lock(session.workspace.root, stage):
+            yield
+    except StageBusy as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def one_at_a_time(stage: str):
+    """Run the decorated command under :func:`holding_stage`."""
+    def decorate(command):
+        @functools.wraps(command)
+        def locked(*args, **kwargs):
+            with holding_stage(click.get_current_context().find_object(Session), stage):
+                return command(*args, **kwargs)
+
+        return locked
+
+    return decorate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -124,6 +159,7 @@ def option_names(command: click.Command) -> Names:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the backoff jitter.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and its API budget; call nothing.")
 @pass_session
+@one_at_a_time("crawl")
 def crawl(session: Session, users_file, crawl_list, discover, groups, num_users, per_user, valid_refs, size, licenses,
           min_side, mirror, api_key, api_secret, api_url, calls_per_hour, concurrency, per_host, timeout,
           attempts, retry_base, seed, dry_run) -> None:
@@ -255,7 +291,7 @@ def rules(ctx: click.Context, fivek, names_file, only, max_side, presets_dir, sc
         raise click.ClickException(f"{fivek}: no usable originals")
     bar = console.progress(total=len(sources) * len(chosen), desc="rules", unit="image",
                            enabled=session.show_progress)
-    with bar, dask_client(scheduler, workers) as client:
+    with holding_stage(session, "rules"), bar, dask_client(scheduler, workers) as client:
         summary = run_rules(session.workspace, sources, chosen, client=client, max_side=max_side,
                             on_done=lambda record: bar.update())
         bar.update(summary.skipped + summary.upgraded)
@@ -348,6 +384,7 @@ def _device(name: str) -> str:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint file  [default: ROOT/degrader/dsn.pt]; an existing one is resumed.")
 @pass_session
+@one_at_a_time("train-degrader")
 def train_degrader(session: Session, model_size, blocks, channels, subnet_channels, steps, batch_size, crop_size,
                    lr, weight_decay, grad_clip, lr_milestones, lr_gamma, seed, val_every, checkpoint_every,
                    valid_fraction, vgg16, device, no_mixed_precision, out) -> None:
@@ -420,6 +457,7 @@ def train_degrader(session: Session, model_size, blocks, channels, subnet_channe
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Worker processes of the local cluster  [default: all cores].")
 @pass_session
+@one_at_a_time("degrade")
 def degrade(session: Session, checkpoint, image_format, quality, batch_size, device, scheduler, workers) -> None:
     """Turn every kept Flickr photo into a pseudo original in ROOT/degraded/ with the trained DSN."""
     from degrader.train import CheckpointError
@@ -459,6 +497,7 @@ SOURCES = ("flickr", "rules")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Worker processes of the local cluster  [default: all cores].")
 @pass_session
+@one_at_a_time("shard")
 def shard(session: Session, out, maxcount, maxsize, only, scheduler, workers) -> None:
     """Write the pairs as user-grouped WebDataset shards with index.json; exit 1 if any pair was skipped."""
     from .cluster import dask_client
@@ -597,6 +636,7 @@ MSM_SIZES = ("paper", "small")
 @click.option("--no-mixed-precision", is_flag=True, help="Train in float32 on CUDA too (default bfloat16 autocast).")
 @click.option("--dry-run", is_flag=True, help="Print the networks' sizes and the data it would read, then exit.")
 @pass_session
+@one_at_a_time("train")
 def train(session: Session, step, model_size, image_size, embed_size, shards, out, step1_epochs, step2_epochs,
           step1_batch_size, step2_batch_size, lr, num_preferred, perceptual_weight, tv_weight, pca_components,
           valid_preferred, valid_pairs_per_user, shuffle_buffer, workers, seed, save_every, backbone, perceptual,
@@ -784,6 +824,7 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a page with the tables and example triplets per user.")
 @pass_session
+@one_at_a_time("evaluate")
 def evaluate(session: Session, checkpoint, shards, pairs, test_count, num_preferred, draw_mode, num_draws, seed,
              methods, size, batch_size, examples, device, out, json_path, html_path) -> None:
     """Score the model beside identity, mean-style and weighted-average by the paper's protocol."""
@@ -827,6 +868,7 @@ def evaluate(session: Session, checkpoint, shards, pairs, test_count, num_prefer
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True,
               help="Dask worker processes for the rules stage.")
 @pass_session
+@one_at_a_time("demo")
 def demo(session: Session, workers) -> None:
     """Run every stage on the bundled sample corpus and write ROOT/report.html."""
     from .demo import run_demo
