@@ -51,12 +51,24 @@ class PairSource(Protocol):
     ``load(i)`` returns ``(enhanced, original)``: a rule-based enhancer output
     (the network's forward input) and the FiveK original it was made from
     (the forward target), both ``H x W x 3`` RGB of the same size, either
-    uint8 or float in [0, 1].
+    uint8 or float in [0, 1]. ``name(i)`` is a stable name of pair ``i`` (for
+    example ``<rule>/<image>``): a checkpoint records the digest of the names
+    in order, so resuming on other pairs is refused.
     """
 
     def __len__(self) -> int: ...
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def name(self, index: int) -> str: ...
+
+
+def pairs_digest(pairs: PairSource) -> str:
+    """SHA-256 over the names of ``pairs`` in order: which pairs, and in which order, a run trains on."""
+    digest = hashlib.sha256()
+    for index in range(len(pairs)):
+        digest.update(pairs.name(index).encode() + b"\0")
+    return digest.hexdigest()
 
 
 class CheckpointError(ValueError):
@@ -464,6 +476,7 @@ def _training_state(step: int, config: TrainConfig, model: DSN, optimizer, sched
         "format": CHECKPOINT_FORMAT,
         "step": step,
         "config": config.to_dict(),
+        "pairs": {"count": len(stream.pairs), "digest": pairs_digest(stream.pairs)},
         "model": {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -486,6 +499,11 @@ def _resume(path: Path, config: TrainConfig, model: DSN, optimizer, scheduler, s
         differences = config_differences(saved, config)
         if differences:
             raise ConfigurationMismatch(path, differences, saved.get("model") or {})
+        trained_on = state.get("pairs")
+        if trained_on is not None and trained_on.get("digest") != pairs_digest(stream.pairs):
+            raise CheckpointError(f"{path}: the training pairs changed since this checkpoint ({trained_on['count']} "
+                                  f"pairs then, {len(stream.pairs)} now); train another with --out FILE, or "
+                                  "restore the pairs it was trained on")
         _load_weights(path, model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

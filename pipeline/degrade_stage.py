@@ -81,6 +81,10 @@ class RulePairs:
         pair = self.pairs[index]
         return read_image(pair.output).as_uint8(), self._original(pair)
 
+    def name(self, index: int) -> str:
+        """``<rule>/<image>`` of pair ``index``."""
+        return f"{self.pairs[index].rule}/{self.pairs[index].name}"
+
 
 def _held_out(name: str, fraction: float) -> bool:
     digest = hashlib.sha256(f"pie-degrader-valid/{name}".encode()).digest()

@@ -38,6 +38,7 @@ class PhotoPairs:
     """(enhanced, original) pairs: a downscaled real photo and its darkened version."""
 
     def __init__(self, names, width=64):
+        self.names = list(names)
         self.images = [_photo(name, width) for name in names]
 
     def __len__(self):
@@ -45,6 +46,9 @@ class PhotoPairs:
 
     def load(self, index):
         return self.images[index], _darken(self.images[index])
+
+    def name(self, index):
+        return self.names[index]
 
 
 TRAIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -328,6 +332,14 @@ def test_damaged_or_foreign_checkpoints_raise_checkpoint_error(trained, tmp_path
     with pytest.raises(CheckpointError, match=r"mismatched.pt.*model\.coupling_blocks: 2 in the checkpoint, 4 now"):
         train(TrainConfig(model=DSNConfig.small(), steps=31, batch_size=4, crop_size=32), pairs, None,
               mismatched, device="cpu")
+
+    changed = tmp_path / "changed.pt"
+    changed.write_bytes(payload)
+    with pytest.raises(CheckpointError, match=r"changed.pt: the training pairs changed since this checkpoint "
+                                              r"\(4 pairs then, 5 now\)"):
+        train(config, PhotoPairs(TRAIN_PHOTOS + ("astronaut",)), None, changed, device="cpu")
+    with pytest.raises(CheckpointError, match=r"\(4 pairs then, 4 now\)"):  # the same count, other pairs
+        train(config, PhotoPairs(TRAIN_PHOTOS[::-1]), None, changed, device="cpu")
 
     wrong_weights = tmp_path / "wrong_weights.pt"
     torch.save(DSN(DSNConfig.tiny()).state_dict(), wrong_weights)
