@@ -6,7 +6,10 @@ with the recorded size and SHA-256, kept photos must carry an allowed licence
 and appear once, files on disk must have a record, and each valid user must
 have its reference photos. Prepared FiveK originals and rule outputs are
 checked the same way, and each rule output against the prepared original it
-was made from. Each problem is one line naming the file or record.
+was made from. Files under ``flickr/``, ``degraded/``, ``fivek/`` and
+``rules/`` without a record that names them (a record deleted while its file
+stayed, or a temporary left by a killed run) are problems too. Each problem
+is one line naming the file or record.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .files import file_sha256
+from .files import PARTIAL_MARK, file_sha256
 from .jsonl import latest_by
 from .licenses import OPEN_LICENSE_IDS
 from .records import RecordError, validate_photo_record
@@ -60,6 +63,7 @@ def audit_flickr(workspace: Workspace, report: AuditReport, *, licenses: frozens
     """Audit the Flickr crawl part of ``workspace`` into ``report``."""
     seen_sha: dict[str, str] = {}
     degraded_count = 0
+    degraded_files: set[str] = set()
     for nsid in workspace.crawled_users():
         store = workspace.flickr_manifest(nsid)
         read = store.read()
@@ -94,6 +98,7 @@ def audit_flickr(workspace: Workspace, report: AuditReport, *, licenses: frozens
             degraded = record.get("degraded")
             if isinstance(degraded, dict):
                 degraded_count += 1
+                degraded_files.add(str(degraded.get("file")))
                 if degraded.get("source_sha256") != record["sha256"]:
                     report.problems.append(f"{where}: pseudo original was made from other bytes; rerun pie degrade")
                 _check_file(workspace, report, f"{where} (degraded)", degraded.get("file"), None,
@@ -109,7 +114,23 @@ def audit_flickr(workspace: Workspace, report: AuditReport, *, licenses: frozens
             for path in sorted(folder.iterdir()):
                 if path.name not in kept:
                     report.problems.append(f"flickr/{nsid}/{path.name}: file on disk without an ok record")
+    _check_unrecorded(workspace, report, "degraded", degraded_files)
     report.sections["flickr"] = {"users": report.users, "records": report.records, "degraded": degraded_count}
+
+
+def _check_unrecorded(workspace: Workspace, report: AuditReport, folder: str, recorded: set[str]) -> None:
+    """Every file under ``ROOT/<folder>`` must be named (relative to ROOT) in ``recorded``."""
+    base = workspace.root / folder
+    for path in sorted(base.rglob("*")) if base.is_dir() else []:
+        if not path.is_file():
+            continue
+        relative = workspace.relative(path)
+        if relative in recorded:
+            continue
+        if PARTIAL_MARK in path.name or path.name.endswith((".tmp", ".part")):
+            report.problems.append(f"{relative}: temporary file left by an interrupted run")
+        else:
+            report.problems.append(f"{relative}: file on disk without an ok record")
 
 
 def _check_file(workspace: Workspace, report: AuditReport, where: str, relative: str, size: object,
@@ -143,16 +164,21 @@ def audit_rules(workspace: Workspace, report: AuditReport, *, verify_checksums: 
     prepared = _audit_prepared(workspace, report, verify_checksums)
     folder = workspace.root / "manifests" / "rules"
     counts: Counter = Counter()
+    outputs: set[str] = set()
     for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
         read = workspace.rules_manifest(path.stem).read()
         report.problems.extend(problem for problem in read.problems if "torn last line" not in problem)
         for name, record in sorted(latest_by(read.records, "name").items()):
             counts[record.get("status")] += 1
             if record.get("status") == "ok":
+                outputs.add(str(record.get("file")))
                 where = f"{path.name} {name}"
                 _check_file(workspace, report, where, record.get("file"), record.get("bytes"),
                             record.get("sha256"), verify_checksums)
                 _check_input(report, where, record, prepared.get(name))
+    _check_unrecorded(workspace, report, "rules", outputs)
+    _check_unrecorded(workspace, report, "fivek", {str(record.get("file")) for record in prepared.values()
+                                                   if record.get("status") == "ok"})
     report.sections["rules"] = dict(counts)
 
 

@@ -30,9 +30,12 @@ class ReadResult:
 def read_jsonl(path: Path) -> ReadResult:
     """Read every complete JSON object line of ``path``.
 
-    A torn last line (no newline at the end of the file) is ignored; a line in
-    the middle that is not a JSON object is reported in ``problems`` as
-    ``"<file>:<line>: ..."`` and skipped. A missing file reads as empty.
+    A torn last line (no newline at the end of the file, starting as a record
+    does: the end of an interrupted append) is ignored; text after the last
+    newline that does not start with ``{`` was appended by something else and
+    is reported as not a record. A line in the middle that is not a JSON
+    object is reported in ``problems`` as ``"<file>:<line>: ..."`` and
+    skipped. A missing file reads as empty.
     """
     result = ReadResult()
     try:
@@ -41,8 +44,11 @@ def read_jsonl(path: Path) -> ReadResult:
         return result
     lines = data.split(b"\n")
     torn = lines.pop()  # text after the last newline: empty unless torn
-    if torn.strip():
+    if torn.strip().startswith(b"{"):
         result.problems.append(f"{path}:{len(lines) + 1}: torn last line ignored")
+    elif torn.strip():
+        result.problems.append(f"{path}:{len(lines) + 1}: text after the last record is not a record "
+                               "(appended by something else?)")
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue

@@ -322,6 +322,7 @@ def run_rules(workspace: Workspace, sources: list[SourceImage], rules: dict[str,
         summary.done[record["status"]] += 1
         if record["status"] != "ok":
             log.warning("%s/%s: %s", record["rule"], record["name"], record["reason"])
+            workspace.rule_output(record["rule"], record["name"]).unlink(missing_ok=True)  # no longer its output
         if on_done:
             on_done(record)
 
@@ -331,6 +332,7 @@ def run_rules(workspace: Workspace, sources: list[SourceImage], rules: dict[str,
         if record["status"] == "ok":
             prepared[record["name"]] = record
             return
+        workspace.prepared_original(record["name"]).unlink(missing_ok=True)  # made from bytes no longer there
         for rule in rules.values():
             pair_done(rule_record(record, rule, status="failed", reason=record["reason"], seconds=0.0,
                                   created_at=utc_now()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -178,3 +179,25 @@ def test_non_finite_weights_are_refused_and_non_finite_outputs_never_become_pixe
     assert not list((workspace.root / "degraded").rglob("*.jpg"))
     with pytest.raises(NonFiniteOutput):
         to_uint8(np.array([[[0.5, np.inf, 0.2]]], dtype=np.float32))
+
+
+def test_audit_reports_unrecorded_files_temporaries_and_appended_garbage(workspace):
+    assert audit(workspace).ok, audit(workspace).problems
+    (workspace.root / "rules" / "punch" / "stray.png").write_bytes(b"x")
+    (workspace.root / "fivek" / ".img0.png.part-12-34").write_bytes(b"x")
+    (workspace.root / "degraded" / NSID).mkdir(parents=True)
+    (workspace.root / "degraded" / NSID / "1000.jpg").write_bytes(b"x")
+    cold = workspace.root / "manifests" / "rules" / "cold-tone.jsonl"
+    lines = cold.read_text().splitlines(keepends=True)
+    cold.write_text("".join(lines[:-1]))  # a record deleted; its output stays
+    removed = json.loads(lines[-1])["file"]
+    with open(workspace.root / "manifests" / "rules" / "punch.jsonl", "a") as manifest:
+        manifest.write("garbage")
+    problems = audit(workspace).problems
+    assert "rules/punch/stray.png: file on disk without an ok record" in problems
+    assert "fivek/.img0.png.part-12-34: temporary file left by an interrupted run" in problems
+    assert f"degraded/{NSID}/1000.jpg: file on disk without an ok record" in problems
+    assert f"{removed}: file on disk without an ok record" in problems
+    assert any(p.endswith("punch.jsonl:5: text after the last record is not a record (appended by something else?)")
+               for p in problems), problems
+    assert len(problems) == 5
