@@ -24,6 +24,7 @@ from pipeline.export import export_reference
 from pipeline.imageio import encode_png
 from pipeline.shard_plan import Pair, pack, parse_size, workspace_plan
 from pipeline.shard_stage import INDEX_NAME, STATE_DIR, run_shard
+from pipeline.tar_writer import RECORD, TarStream
 
 from shard_fixtures import USERS, build_workspace, degrade_record, total_pairs
 
@@ -274,3 +275,42 @@ def test_tar_members_are_streamable_as_plain_tar(workspace, tmp_path):
     for name in names:
         key, field = name.split(".", 1)
         assert field in ("input.jpg", "input.png", "target.jpg", "target.png", "json") and "." not in key
+
+
+def test_tar_stream_round_trip(tmp_path):
+    """TarStream's bytes: exact member metadata for tarfile, webdataset agreeing, and tarfile's own bytes."""
+    long_key = "rules-punch/" + "n" * 120
+    samples = [{"__key__": "48600001@N01/5000", "input.jpg": b"\xff\xd8" + bytes(510), "json": b"{}",
+                "target.jpg": b"\xff\xd8" + os.urandom(1000)},
+               {"__key__": "48600001@N01/5001", "input.png": b"", "json": b"{\"a\": 1}", "target.png": os.urandom(513)},
+               {"__key__": long_key, "input.png": b"\x89PNG", "json": b"{}", "target.png": b"x" * 100_000},
+               {"__key__": "rules-t\u00f6ne/a0001", "input.png": b"\x89PNG", "json": b"{}", "target.png": b"y"}]
+    path = tmp_path / "stream.tar"
+    with path.open("wb") as raw, TarStream(raw, mtime=946_684_800, mode=0o444, uname="pie", gname="pie",
+                                          flush_bytes=4096) as tar:
+        for sample in samples:
+            tar.add_sample(sample)
+    data = path.read_bytes()
+    assert (tar.bytes, tar.sha256.hexdigest()) == (len(data), hashlib.sha256(data).hexdigest())
+    assert len(data) % RECORD == 0 and data.endswith(bytes(2 * 512))
+
+    expected = [(f"{s['__key__']}.{field}", s[field]) for s in samples for field in sorted(s) if field != "__key__"]
+    for mode in ("r:", "r|"):
+        with tarfile.open(path, mode) as archive:
+            found = [(member, archive.extractfile(member).read()) for member in archive]
+        assert [(member.name, content) for member, content in found] == expected
+        assert {(m.size == len(c), m.type, m.mode, m.mtime, m.uid, m.gid, m.uname, m.gname) for m, c in found} == {
+            (True, tarfile.REGTYPE, 0o444, 946_684_800, 0, 0, "pie", "pie")}
+    assert found[-4][0].size == 100_000 and len(found[-4][0].name) > 100
+    assert found[-1][0].name == "rules-t\u00f6ne/a0001.target.png"
+    assert found[3][0].name == "48600001@N01/5001.input.png" and found[3][0].size == 0
+
+    read = list(wds.WebDataset(str(path), shardshuffle=False, empty_check=False))
+    assert [{key: value for key, value in sample.items() if key == "__key__" or not key.startswith("_")}
+            for sample in read] == samples
+
+    reference = io.BytesIO()
+    with wds.TarWriter(reference, user="pie", group="pie", mode=0o444, mtime=946_684_800, encoder=False) as writer:
+        for sample in samples:
+            writer.write(sample)
+    assert data == reference.getvalue()

@@ -7,15 +7,17 @@
    SHA-256 of their records (as ``pie shard`` does), writes the same samples
    with ``webdataset.ShardWriter`` (100 per shard) and hashes each finished
    shard for its index.
-3. ``pie shard`` (``run_shard``) on a two-worker local Dask cluster, started
-   before the clock starts (its start-up is printed apart), 100 per shard.
-   Both write to /dev/shm where it exists: this machine's disk takes about
+3. ``pie shard`` (``run_shard``) in this one process without Dask: the cost
+   of its shard task alone (``pipeline.tar_writer`` instead of ``tarfile``).
+4. ``pie shard`` on a two-worker local Dask cluster, started before the clock
+   starts (its start-up is printed apart), 100 per shard.
+   All write to /dev/shm where it exists: this machine's disk takes about
    210 MB/s of sustained writes, which would time the disk, not the writers.
-4. Loader throughput: ``model.data.pairs`` decoding the written shards to
+5. Loader throughput: ``model.data.pairs`` decoding the written shards to
    512 x 512 tensors with two DataLoader workers.
 
-Prints samples/s and MB/s of both writers, the ratio (target: pie >= 1.6x on
-two cores), and decoded pairs/s. Run: ``python tests/bench/bench_shard.py``.
+Prints samples/s and MB/s of each writer, the ratio of the Dask run to the
+baseline (target: pie >= 1.6x on two cores), and decoded pairs/s. Run: ``python tests/bench/bench_shard.py``.
 """
 
 from __future__ import annotations
@@ -99,14 +101,15 @@ def baseline(workspace: Workspace, out: Path) -> float:
     return time.perf_counter() - started
 
 
-def pie_shard(workspace: Workspace, out: Path, client) -> float:
-    """Seconds for ``run_shard`` on an already running cluster."""
+def pie_shard(workspace: Workspace, out: Path, client=None) -> float:
+    """Seconds for ``run_shard`` on an already running cluster, or in this process when ``client`` is None."""
     from contextlib import nullcontext
 
     plans, skipped = workspace_plan(workspace, maxcount=PER_SHARD)
     shutil.rmtree(out, ignore_errors=True)
+    factory = None if client is None else (lambda: nullcontext(client))
     started = time.perf_counter()
-    run_shard(workspace, plans, skipped, str(out), client_factory=lambda: nullcontext(client))
+    run_shard(workspace, plans, skipped, str(out), client_factory=factory)
     return time.perf_counter() - started
 
 
@@ -136,12 +139,14 @@ def main() -> None:
     print(f"workspace: {samples} pairs, {total_bytes / 1e6:.0f} MB of images")
     print(f"shards written to {OUT}")
     base = min(baseline(workspace, OUT / "out-baseline") for _ in range(3))
+    alone = min(pie_shard(workspace, OUT / "out-pie") for _ in range(3))
     started = time.perf_counter()
     with dask_client(None, 2) as client:
         print(f"local cluster (2 workers) started in {time.perf_counter() - started:.1f} s")
-        pie_shard(workspace, OUT / "out-pie", client)  # workers import webdataset and fsspec once
+        pie_shard(workspace, OUT / "out-pie", client)  # workers import fsspec and the pipeline once
         pie = min(pie_shard(workspace, OUT / "out-pie", client) for _ in range(3))
-    for name, seconds in (("one process, webdataset.ShardWriter", base), ("pie shard, 2 Dask workers", pie)):
+    for name, seconds in (("one process, webdataset.ShardWriter", base), ("pie shard, one process, no Dask", alone),
+                          ("pie shard, 2 Dask workers", pie)):
         print(f"{name:38s} {samples / seconds:8.0f} samples/s {total_bytes / 1e6 / seconds:8.1f} MB/s")
     print(f"pie shard / one-process writer: {base / pie:.2f}x (target >= 1.6x on two cores)")
     print(f"loader: {loader_rate(OUT / 'out-pie'):.1f} decoded 512-px pairs/s (2 DataLoader workers, augmented)")
