@@ -427,7 +427,8 @@ def _as_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 @torch.no_grad()
 def validate_step1(model: MSM, config: TrainConfig, data: TrainData, device: torch.device) -> float:
-    """Mean PSNR (dB, 512 px) of the enhancer with each pair's own style, on the step-1 validation users."""
+    """Mean PSNR (dB, at the model's image side: 512 px in the paper) of the enhancer with each pair's own
+    style, on the step-1 validation users."""
     if not data.step1_valid_urls:
         return math.nan
     model.eval()
@@ -445,7 +446,8 @@ def validate_step1(model: MSM, config: TrainConfig, data: TrainData, device: tor
 
 @torch.no_grad()
 def validate_step2(model: MSM, pca: StylePCA, config: TrainConfig, data: TrainData, device: torch.device) -> float:
-    """Mean over valid users of the mean PSNR (dB, 512 px) of their unseen ``valid`` pairs.
+    """Mean over valid users of the mean PSNR (dB, at the model's image side: 512 px in the paper) of their
+    unseen ``valid`` pairs.
 
     Each user's first ``valid_preferred`` ``valid_ref`` pairs are the
     preferred set, encoded once; as in the reference ``train2.py``.
