@@ -18,7 +18,7 @@ Three measurements, on CPU and (when present) CUDA:
    a retouch rather than random noise; styles come from N = 20 preferred
    pairs of one style (``mean-style``).
 
-    python tests/bench/bench_enhance.py [--train-steps 60] [--paper-images 3] [--no-12mp-network]
+    python tests/bench/bench_enhance.py [--train-steps 150] [--paper-images 3] [--no-12mp-network]
 
 Figures only; nothing is asserted.
 """
@@ -185,7 +185,7 @@ def quality(model: MSM, device: torch.device, photos, style, num_preferred: int 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-steps", type=int, default=60, help="Step-1 steps of the small networks.")
+    parser.add_argument("--train-steps", type=int, default=150, help="Step-1 steps of the small networks.")
     parser.add_argument("--small-images", type=int, default=10, help="Images per reuse measurement, small config.")
     parser.add_argument("--paper-images", type=int, default=3, help="Images per reuse measurement, paper config.")
     parser.add_argument("--no-12mp-network", action="store_true", help="Leave the 12-MP network run out.")
