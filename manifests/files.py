@@ -8,6 +8,7 @@ next run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -19,12 +20,35 @@ PARTIAL_MARK = ".part-"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (parents created)."""
+    """Write ``data`` to ``path`` through a temporary file and a rename (parents created).
+
+    A failed write (a full disk, say) removes its temporary and raises
+    ``OSError`` naming ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f"{path.name}{PARTIAL_MARK}{os.getpid()}-{threading.get_ident()}")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from None
+
+
+def remove_partials(folder: Path) -> int:
+    """Delete the temporaries (:data:`PARTIAL_MARK` in the name) that killed runs left under ``folder``.
+
+    Only for a folder no other process is writing to (the stage holds its
+    workspace lock). Returns how many were removed.
+    """
+    removed = 0
+    for path in Path(folder).rglob(f"*{PARTIAL_MARK}*") if Path(folder).is_dir() else []:
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def file_sha256(path: Path) -> str:

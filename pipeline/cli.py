@@ -904,6 +904,10 @@ def main(argv: list[str] | None = None) -> None:
     except (click.Abort, KeyboardInterrupt):
         click.echo("pie: interrupted; rerun the same command to resume", err=True)
         sys.exit(130)
+    except OSError as exc:  # a full disk, a read-only folder, ...: the file and the cause
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(console.scrub(f"pie: {where}{exc.strerror or exc}"), err=True)
+        sys.exit(1)
     except Exception as exc:  # an internal error still gets one line
         if "-vv" in (argv or sys.argv) or "--verbose" in (argv or sys.argv):
             traceback.print_exc()

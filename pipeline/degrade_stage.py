@@ -31,7 +31,7 @@ from typing import Callable, ContextManager, Iterable
 
 import numpy as np
 
-from manifests.files import file_sha256, write_atomic
+from manifests.files import file_sha256, remove_partials, write_atomic
 from manifests.jsonl import latest_by
 from manifests.workspace import Workspace
 
@@ -288,6 +288,7 @@ def run_degrade(workspace: Workspace, checkpoint: Path, *, device: str = "cpu",
 
     started = time.monotonic()
     summary = DegradeSummary()
+    remove_partials(workspace.root / "degraded")  # left by a killed run
     _, summary.digest = load_degrader(checkpoint, "cpu")  # fails early on a bad checkpoint
     jobs, summary.skipped = pending_jobs(workspace, summary.digest, image_format)
     batches = batches_by_size(workspace, jobs, batch_size)

@@ -34,7 +34,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from manifests import ids
-from manifests.files import file_sha256, write_atomic
+from manifests.files import file_sha256, remove_partials, write_atomic
 from manifests.jsonl import JsonlStore, latest_by
 from manifests.records import utc_now
 from manifests.workspace import Workspace
@@ -309,9 +309,13 @@ def run_rules(workspace: Workspace, sources: list[SourceImage], rules: dict[str,
 
     Records are appended in the driver as results arrive; ``on_done`` is called
     with every rule record written for a pair (not with upgraded ones).
+    Temporaries that a killed run left in ``fivek/`` and ``rules/`` are
+    removed first.
     """
     started = time.monotonic()
     summary = RulesSummary()
+    for folder in ("fivek", "rules"):
+        remove_partials(workspace.root / folder)
     root = str(workspace.root)
     appender = _Appender(flush_every)
     to_prepare, prepared, refreshed = pending_originals(workspace, sources, max_side)

@@ -201,3 +201,21 @@ def test_audit_reports_unrecorded_files_temporaries_and_appended_garbage(workspa
     assert any(p.endswith("punch.jsonl:5: text after the last record is not a record (appended by something else?)")
                for p in problems), problems
     assert len(problems) == 5
+
+
+def test_temporaries_of_a_killed_run_are_removed_and_os_errors_name_the_file(workspace, tmp_path):
+    root = ["--root", str(workspace.root)]
+    assert CliRunner().invoke(cli, root + TRAIN + ["--steps", "1"]).exit_code == 0
+    partial = workspace.root / "degraded" / NSID / "1000.jpg.part-123-456"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"half a jpeg")
+    result = CliRunner().invoke(cli, root + ["degrade", "--device", "cpu", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert not partial.exists() and audit(workspace).ok
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "state").write_text("")  # a file where the workspace needs a folder
+    failed = subprocess.run([str(Path(sys.executable).with_name("pie")), "--root", str(blocked), "shard"],
+                            capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 1
+    assert failed.stderr.strip().splitlines() == [f"pie: {blocked}/state/locks: Not a directory"]

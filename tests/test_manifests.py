@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from manifests.files import remove_partials
 from manifests.ids import InvalidIdError, check_nsid, check_photo_id
 from manifests.jsonl import JsonlStore, latest_by, read_jsonl
 from manifests.licenses import OPEN_LICENSE_IDS, lookup, parse_license_filter
@@ -105,3 +110,32 @@ def test_license_filter():
     with pytest.raises(ValueError, match="'99'"):
         parse_license_filter("4,99")
     assert json.dumps(lookup(4).as_record())
+
+
+def test_a_failed_atomic_write_names_the_file_and_leaves_no_temporary(tmp_path):
+    """A write over the file-size limit fails as a full disk does: OSError naming the target, nothing left."""
+    script = (
+        "import errno, resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from manifests.files import write_atomic\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))\n"
+        "target = Path(sys.argv[1])\n"
+        "try:\n"
+        "    write_atomic(target, bytes(100_000))\n"
+        "except OSError as error:\n"
+        "    print(error.errno == errno.EFBIG, error.filename == str(target), sorted(p.name for p in target.parent.iterdir()))\n"
+    )
+    target = tmp_path / "out" / "photo.png"
+    result = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert result.stdout.strip() == "True True []", result.stderr
+
+
+def test_remove_partials_deletes_only_temporaries(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "x.png.part-12-34").write_bytes(b"x")
+    (tmp_path / "a" / "x.png").write_bytes(b"x")
+    assert remove_partials(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["x.png"]
+    assert remove_partials(tmp_path / "missing") == 0
