@@ -60,6 +60,10 @@ class Workspace:
         """Cached raw API listing of a user, so a resumed crawl spends no API calls on it."""
         return self.inside(self.root / "state" / "flickr" / f"{ids.check_nsid(nsid)}.listing.json")
 
+    def resolved_users(self) -> Path:
+        """Usernames and profile URLs resolved to NSIDs, so a rerun spends no API calls on them."""
+        return self.root / "state" / "flickr" / "resolved-users.json"
+
     def crawled_users(self) -> list[str]:
         """NSIDs that have a manifest, sorted."""
         folder = self.flickr_manifest_dir()

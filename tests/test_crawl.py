@@ -99,6 +99,11 @@ def test_usernames_urls_and_missing_users(corpus, tmp_path):
     users = [json.loads(line) for line in (tmp_path / "ws/manifests/flickr-users.jsonl").read_text().splitlines()]
     assert {u["user"]: u["status"] for u in users} == {nsids[0]: "complete", nsids[1]: "complete",
                                                         "424242@N01": "missing", nsids[2]: "complete"}
+    with ReplayServer(folder, api_key=KEY) as server:  # a rerun resolves nothing again
+        again = CliRunner().invoke(cli, crawl_args(server, tmp_path / "ws", users_file(tmp_path, lines)))
+        methods = server.stats["methods"]
+    assert again.exit_code == 1 and "users 3 complete" not in again.output  # -q: only the unfinished line
+    assert "flickr.people.findByUsername" not in methods and "flickr.urls.lookupUser" not in methods
 
 
 def test_wrong_key_stops_at_once_with_one_line(corpus, tmp_path):

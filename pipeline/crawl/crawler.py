@@ -48,7 +48,7 @@ from .dedupe import DuplicateIndex
 from .download import Downloader, Fetched
 from .listing import SIZE_EXTRAS, Candidate, ReplyError, candidate_from_entry, candidate_from_url, extras_for, \
     parse_photo_page, rewrite_for_mirror
-from .users import UserRef, resolve_user
+from .users import UserRef, read_resolved, resolve_user, write_resolved
 
 log = logging.getLogger("pie.crawl")
 
@@ -460,14 +460,20 @@ def plans_for_users(client: FlickrClient, workspace: Workspace, refs: Iterable[U
     """Plans for users named in a user file, until ``num_users`` qualify.
 
     A user qualifies with at least ``per_user`` eligible photos; others are
-    reported as ``short`` problems and not downloaded.
+    reported as ``short`` problems and not downloaded. Usernames and profile
+    URLs resolved once are kept in ``ROOT/state/flickr/resolved-users.json``,
+    so a rerun spends no API call on them.
     """
     qualified = 0
+    resolved = read_resolved(workspace.resolved_users())
     for ref in refs:
         if qualified >= options.num_users:
             return
         try:
-            nsid = resolve_user(client, ref)
+            known = len(resolved)
+            nsid = resolve_user(client, ref, resolved)
+            if len(resolved) > known:
+                write_resolved(workspace.resolved_users(), resolved)
         except ApiKeyRejected:
             raise
         except ApiError as exc:

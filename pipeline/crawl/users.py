@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from manifests import ids
+from manifests.files import write_atomic
 from pipeline.safepickle import UnsafePickleError, load_plain_pickle
 
 from .api import ApiError, ApiKeyRejected, FlickrClient, NotFound
@@ -75,13 +76,47 @@ def read_user_file(path: Path) -> list[UserRef]:
     return refs
 
 
-def resolve_user(client: FlickrClient, ref: UserRef) -> str:
+def resolve_user(client: FlickrClient, ref: UserRef, resolved: dict[str, str] | None = None) -> str:
     """The NSID of a user reference (one API call for usernames and URLs).
 
-    Raises :class:`NotFound` when Flickr knows no such user.
+    ``resolved`` maps ``"<kind>:<value>"`` to NSIDs found before (see
+    :func:`read_resolved`); a reference found there costs no call, and a new
+    resolution is added to it. Raises :class:`NotFound` when Flickr knows no
+    such user.
     """
     if ref.kind == "nsid":
         return ref.value
+    key = f"{ref.kind}:{ref.value}"
+    if resolved is not None and key in resolved:
+        return resolved[key]
+    nsid = _ask_nsid(client, ref)
+    if resolved is not None:
+        resolved[key] = nsid
+    return nsid
+
+
+def read_resolved(path: Path) -> dict[str, str]:
+    """Usernames and profile URLs resolved by earlier crawls (``{"<kind>:<value>": nsid}``).
+
+    An unreadable file or an entry that is not a valid NSID is ignored (it
+    is resolved again).
+    """
+    try:
+        mapping = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(mapping, dict):
+        return {}
+    return {key: value for key, value in mapping.items()
+            if isinstance(key, str) and isinstance(value, str) and ids.is_nsid(value)}
+
+
+def write_resolved(path: Path, resolved: dict[str, str]) -> None:
+    """Save ``resolved`` atomically."""
+    write_atomic(Path(path), (json.dumps(resolved, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def _ask_nsid(client: FlickrClient, ref: UserRef) -> str:
     if ref.kind == "url":
         reply = client.call("flickr.urls.lookupUser", url=ref.value)
     else:
