@@ -38,6 +38,7 @@ from manifests.audit import audit
 from manifests.jsonl import latest_by
 from manifests.workspace import Workspace
 
+from .console import progress
 from .corpus import build_corpus, source_photographs
 from .imageio import encode_jpeg, encode_png, read_image, shrink_to_max_side
 
@@ -109,8 +110,10 @@ def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], 
     originals = workspace.root / "demo" / "originals"
     prepare_originals(originals)
     sources, _ = find_sources(originals)
-    with dask_client(None, workers) as client:
-        rules_summary = run_rules(workspace, sources, builtin_rules(), client=client)
+    rules = builtin_rules()
+    with progress(total=len(sources) * len(rules), desc="rules", unit="image") as bar, \
+            dask_client(None, workers) as client:
+        rules_summary = run_rules(workspace, sources, rules, client=client, on_done=lambda record: bar.update())
     say(rules_summary.line())
 
     from degrader.dsn import DSNConfig
@@ -122,12 +125,17 @@ def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], 
     config = TrainConfig(model=DSNConfig.tiny(), steps=DEMO_STEPS, batch_size=4, crop_size=DEMO_CROP,
                          val_every=DEMO_STEPS, checkpoint_every=50, lr_milestones=(DEMO_STEPS // 2,))
     scores: dict = {}
-    train(config, pairs, valid, workspace.degrader_checkpoint(), device="cpu",
-          on_log=lambda step, metrics: scores.update(metrics))
+    with progress(total=DEMO_STEPS, desc="train-degrader", unit="step") as bar:
+        def on_log(step: int, metrics: dict) -> None:
+            scores.update(metrics)
+            bar.update(step - bar.n)
+
+        train(config, pairs, valid, workspace.degrader_checkpoint(), device="cpu", on_log=on_log)
     say(f"train-degrader: tiny DSN, {DEMO_STEPS} steps on {len(pairs)} pairs ({len(valid)} held out)"
         + (f"; validation PSNR degrade {scores['val_psnr_degrade']:.2f} dB" if "val_psnr_degrade" in scores else ""))
-    say(run_degrade(workspace, workspace.degrader_checkpoint(),
-                    client_factory=lambda: dask_client(None, workers)).line())
+    with progress(desc="degrade", unit="photo") as bar:
+        say(run_degrade(workspace, workspace.degrader_checkpoint(), client_factory=lambda: dask_client(None, workers),
+                        on_done=bar.update).line())
 
     from .shard_plan import workspace_plan
     from .shard_stage import run_shard
