@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .files import PARTIAL_MARK, file_sha256
 from .jsonl import latest_by
-from .licenses import OPEN_LICENSE_IDS
+from .licenses import OPEN_LICENSE_IDS, UNVERIFIED
 from .records import RecordError, validate_photo_record
 from .workspace import OutsideWorkspaceError, Workspace
 
@@ -89,7 +89,10 @@ def audit_flickr(workspace: Workspace, report: AuditReport, *, licenses: frozens
             report.splits[record["split"]] += 1
             user_splits[record["split"]] += 1
             if record["license"]["id"] not in licenses:
-                report.problems.append(f"{where}: licence {record['license']['name']} is not an allowed licence")
+                report.problems.append(f"{where}: licence not verified (fetched from a list without the API); "
+                                       "audit with --licenses all to accept it"
+                                       if record["license"]["id"] == UNVERIFIED.id else
+                                       f"{where}: licence {record['license']['name']} is not an allowed licence")
             other = seen_sha.setdefault(record["sha256"], f"{nsid}/{photo_id}")
             if other != f"{nsid}/{photo_id}":
                 report.problems.append(f"{where}: same bytes as {other}")

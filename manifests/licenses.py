@@ -49,6 +49,15 @@ LICENSES: dict[str, License] = {
 
 OPEN_LICENSE_IDS: frozenset[str] = frozenset(LICENSES) - {"0"}
 
+#: The licence of a listed photo whose licence Flickr's API did not confirm (the user has left,
+#: the photo is no longer public, or the crawl ran ``--offline`` from a published list).
+UNVERIFIED = License("unknown", "licence not verified", "")
+
+
+def sorted_ids(license_ids) -> list[str]:
+    """Flickr's numeric licence ids in numeric order, then ``unknown`` when present."""
+    return sorted(license_ids, key=lambda item: (not item.isdigit(), int(item) if item.isdigit() else 0, item))
+
 
 def lookup(license_id: object) -> License:
     """The licence for an id given as int or string; unknown ids get a placeholder."""
@@ -57,7 +66,8 @@ def lookup(license_id: object) -> License:
 
 
 def parse_license_filter(text: str) -> frozenset[str]:
-    """Parse ``--licenses``: ``open`` (default), ``all``, or a comma list of ids.
+    """Parse ``--licenses``: ``open`` (default), ``all`` (every id and ``unknown``, an unverified
+    licence), or a comma list of ids.
 
     Raises ValueError naming the first id that is not a Flickr licence id.
     """
@@ -65,11 +75,11 @@ def parse_license_filter(text: str) -> frozenset[str]:
     if value == "open":
         return OPEN_LICENSE_IDS
     if value == "all":
-        return frozenset(LICENSES)
+        return frozenset(LICENSES) | {UNVERIFIED.id}
     ids = [part.strip() for part in value.split(",") if part.strip()]
     for item in ids:
-        if item not in LICENSES:
-            raise ValueError(f"--licenses: {item!r} is not a Flickr licence id (0-16, 'open' or 'all')")
+        if item not in LICENSES and item != UNVERIFIED.id:
+            raise ValueError(f"--licenses: {item!r} is not a Flickr licence id (0-16, 'unknown', 'open' or 'all')")
     if not ids:
         raise ValueError("--licenses: empty licence list")
     return frozenset(ids)

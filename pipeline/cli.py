@@ -157,12 +157,15 @@ def option_names(command: click.Command) -> Names:
 @click.option("--retry-base", type=click.FloatRange(0.0), default=2.0, show_default=True,
               help="First backoff step in seconds; doubles per retry, with full jitter.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the backoff jitter.")
+@click.option("--offline", is_flag=True,
+              help="With --from-list: call no API; fetch the listed photos from their URLs (or --mirror) with "
+                   "licence 'unknown' (accepted by --licenses all, which --offline implies).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and its API budget; call nothing.")
 @pass_session
 @one_at_a_time("crawl")
 def crawl(session: Session, users_file, crawl_list, discover, groups, num_users, per_user, valid_refs, size, licenses,
           min_side, mirror, api_key, api_secret, api_url, calls_per_hour, concurrency, per_host, timeout,
-          attempts, retry_base, seed, dry_run) -> None:
+          attempts, retry_base, seed, offline, dry_run) -> None:
     """Crawl Flickr users' photos into ROOT/flickr/<nsid>/ with one manifest per user."""
     from .crawl.crawler import CrawlAborted, CrawlOptions
     from .crawl.listing import extras_for
@@ -173,9 +176,9 @@ def crawl(session: Session, users_file, crawl_list, discover, groups, num_users,
     console.redact(api_key, api_secret)
     try:
         extras_for(size)
-        source = Source(users_file, crawl_list, discover, tuple(groups))
+        source = Source(users_file, crawl_list, discover, tuple(groups), offline=offline)
         options = CrawlOptions(num_users=num_users, per_user=per_user, valid_refs=valid_refs, size=size,
-                               licenses=parse_license_filter(licenses), mirror=mirror)
+                               licenses=parse_license_filter("all" if offline else licenses), mirror=mirror)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     network = Network(api_key, api_secret, api_url, calls_per_hour, timeout, attempts, retry_base, concurrency,

@@ -192,6 +192,45 @@ def test_published_pickle_list_through_a_mirror(tmp_path):
         assert all(r["url"].startswith("https://live.staticflickr.com/") for r in latest.values())
 
 
+def test_offline_list_through_a_mirror_makes_no_api_call_and_marks_licences_unverified(tmp_path):
+    from pipeline.safepickle import load_plain_pickle
+    from pipeline.imageio import encode_jpeg
+    from skimage import data
+
+    crawl_list = load_plain_pickle((DATA / "valid_from_flickr.pkl").read_bytes())
+    nsid = list(crawl_list)[0]
+    folder = tmp_path / "replay"
+    (folder / nsid).mkdir(parents=True)
+    for index, url in enumerate(crawl_list[nsid][:3]):
+        server_id, name = url.split("/")[-2:]
+        photo_id, secret, _ = name.split("_")
+        (folder / nsid / f"{photo_id}.jpg").write_bytes(encode_jpeg(data.astronaut()[index * 30:index * 30 + 300]))
+        (folder / nsid / f"{photo_id}.json").write_text(json.dumps({"secret": secret, "server": server_id,
+                                                                    "license": "0"}))
+    with ReplayServer(folder, api_key=KEY, static_base="https://live.staticflickr.com/") as server:
+        mirror = server.rest_url.replace("/services/rest/", "/static/")
+        result = CliRunner().invoke(cli, [
+            "--root", str(tmp_path / "ws"), "crawl", "--from-list", str(DATA / "valid_from_flickr.pkl"), "--offline",
+            "--num-users", "1", "--per-user", "3", "--min-side", "100", "--mirror", mirror])
+        api_calls = server.stats["requests"].get("api", 0)
+    assert result.exit_code == 0, result.output
+    assert api_calls == 0
+    workspace = Workspace(tmp_path / "ws")
+    latest = latest_by(workspace.flickr_manifest(nsid).read().records, "photo_id")
+    assert [r["license"]["id"] for r in latest.values() if r["status"] == "ok"] == ["unknown"] * 3
+    users = [json.loads(line) for line in (tmp_path / "ws/manifests/flickr-users.jsonl").read_text().splitlines()]
+    assert users[-1]["unverified_licences"] == 3
+    problems = audit(workspace).problems
+    assert len(problems) == 3 and all("licence not verified" in p for p in problems)
+    assert audit(workspace, licenses=frozenset({"unknown"})).ok
+    plan = CliRunner().invoke(cli, ["--root", str(tmp_path / "ws"), "crawl", "--from-list",
+                                    str(DATA / "valid_from_flickr.pkl"), "--offline", "--dry-run"])
+    assert plan.exit_code == 0 and ",16,unknown; about 0 API calls" in plan.output
+    misuse = CliRunner().invoke(cli, ["--root", str(tmp_path / "ws"), "crawl", "--users", str(DATA / "README.md"),
+                                      "--offline"])
+    assert misuse.exit_code == 2 and "--offline works with --from-list FILE only" in misuse.output
+
+
 def test_hostile_pickle_list_is_one_line_error(tmp_path):
     evil = tmp_path / "list.pkl"
     evil.write_bytes(b"cposix\nsystem\n(S'touch " + str(tmp_path / "pwned").encode() + b"'\ntR.")

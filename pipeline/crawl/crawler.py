@@ -32,13 +32,13 @@ import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator
 
 from manifests import ids
 from manifests.files import PARTIAL_MARK, file_sha256, write_atomic
 from manifests.jsonl import latest_by
-from manifests.licenses import OPEN_LICENSE_IDS
+from manifests.licenses import OPEN_LICENSE_IDS, UNVERIFIED
 from manifests.records import PHOTO_SCHEMA, USER_SCHEMA, utc_now
 from manifests.workspace import Workspace
 
@@ -201,7 +201,12 @@ def plan_from_list(nsid: str, urls: list[str], entries: list[dict] | None, optio
             continue
         entry = known.get(candidate.photo_id)
         if entry is None:
-            plan.rejected.append((candidate, "license: unknown (not among the user's public photos)"))
+            if UNVERIFIED.id in options.licenses:
+                plan.candidates.append(replace(candidate, license=UNVERIFIED))
+            else:
+                where = "no API call made" if entries is None else "not among the user's public photos"
+                plan.rejected.append((candidate, f"license: unknown ({where}); --licenses all fetches it "
+                                                 "with licence 'unknown'"))
             continue
         try:
             listed = candidate_from_entry({**entry, SIZE_EXTRAS[candidate.size]: candidate.url}, candidate.size,
@@ -358,6 +363,8 @@ class Crawler:
         self.workspace.flickr_users_manifest().append([{
             "schema": USER_SCHEMA, "user": nsid, "status": "complete" if complete else "short",
             "photos_ok": len(state.ok), "candidates": len(state.plan.candidates), "split": state.split,
+            "unverified_licences": sum(state.latest[photo_id].get("license", {}).get("id") == UNVERIFIED.id
+                                       for photo_id in state.ok),
             "source": state.plan.source, "updated_at": utc_now(),
         }])
 
@@ -502,17 +509,26 @@ def plans_for_discovery(client: FlickrClient, workspace: Workspace, owners: Iter
             yield plan
 
 
-def plans_for_list(client: FlickrClient, workspace: Workspace, crawl_list: dict[str, list[str]],
+def plans_for_list(client: FlickrClient | None, workspace: Workspace, crawl_list: dict[str, list[str]],
                    options: CrawlOptions) -> Iterator[UserPlan | UserProblem]:
-    """Plans for a published crawl list, users in list order, at most ``num_users``."""
+    """Plans for a published crawl list, users in list order, at most ``num_users``.
+
+    With no ``client`` (``--offline``) no user is listed: every listed photo
+    has licence ``unknown``. A user Flickr no longer knows is ``missing``
+    unless ``unknown`` licences are accepted; then its listed photos are
+    fetched with that licence (a mirror often outlives the account).
+    """
     for nsid in list(crawl_list)[: options.num_users]:
-        try:
-            entries = fetch_listing(client, workspace, nsid, options, enough=10**9)
-        except ApiKeyRejected:
-            raise
-        except (ApiError, ReplyError) as exc:
-            yield UserProblem(nsid, "missing" if isinstance(exc, NotFound) else "failed", str(exc))
-            continue
+        entries = None
+        if client is not None:
+            try:
+                entries = fetch_listing(client, workspace, nsid, options, enough=10**9)
+            except ApiKeyRejected:
+                raise
+            except (ApiError, ReplyError) as exc:
+                if not (isinstance(exc, NotFound) and UNVERIFIED.id in options.licenses):
+                    yield UserProblem(nsid, "missing" if isinstance(exc, NotFound) else "failed", str(exc))
+                    continue
         yield plan_from_list(nsid, crawl_list[nsid], entries, options)
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from manifests.licenses import sorted_ids
 from manifests.workspace import Workspace
 
 from .api import FLICKR_REST_URL, FlickrClient, RetryPolicy
@@ -31,11 +32,15 @@ class Source:
     crawl_list: Path | None = None
     discover: bool = False
     groups: tuple[str, ...] = ()
+    #: A crawl list fetched without any API call (every photo's licence ``unknown``).
+    offline: bool = False
 
     def __post_init__(self) -> None:
         chosen = sum([self.users_file is not None, self.crawl_list is not None, self.discover])
         if chosen != 1:
             raise ValueError("choose exactly one of --users FILE, --from-list FILE or --discover")
+        if self.offline and self.crawl_list is None:
+            raise ValueError("--offline works with --from-list FILE only")
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ def plan_text(workspace: Workspace, source: Source, options: CrawlOptions, netwo
         users = min(options.num_users, len(crawl_list))
         photos = sum(min(len(urls), options.per_user) for urls in list(crawl_list.values())[:users])
         origin = f"crawl list {source.crawl_list} ({len(crawl_list)} users)"
-        calls = users
+        calls = 0 if source.offline else users
     elif source.users_file is not None:
         refs = read_user_file(source.users_file)
         users = min(options.num_users, len(refs))
@@ -79,18 +84,18 @@ def plan_text(workspace: Workspace, source: Source, options: CrawlOptions, netwo
     size = TYPICAL_BYTES.get(options.size, 150_000) * photos
     return (f"plan: {users} users x up to {options.per_user} photos = {photos} photos at size '{options.size}' "
             f"from {origin}\n"
-            f"      licences {','.join(sorted(options.licenses, key=int))}; about {calls} API calls "
+            f"      licences {','.join(sorted_ids(options.licenses))}; about {calls} API calls "
             f"(~{hours:.2f} h at {network.calls_per_hour}/h); about {size / 2**30:.1f} GiB into {workspace.root}")
 
 
 def crawl(workspace: Workspace, source: Source, options: CrawlOptions, network: Network, *,
           on_photo: Callable[[dict], None] | None = None) -> CrawlSummary:
     """Run the crawl and return its summary (see :mod:`pipeline.crawl.crawler`)."""
-    budget = ApiBudget(workspace.api_budget_state(), calls_per_hour=network.calls_per_hour)
-    client = FlickrClient(network.api_key or "", network.api_secret or "", budget, api_url=network.api_url,
-                          timeout=network.timeout,
-                          retry=RetryPolicy(attempts=network.attempts, base=network.retry_base),
-                          seed=network.seed)
+    client = None if source.offline else FlickrClient(
+        network.api_key or "", network.api_secret or "",
+        ApiBudget(workspace.api_budget_state(), calls_per_hour=network.calls_per_hour), api_url=network.api_url,
+        timeout=network.timeout, retry=RetryPolicy(attempts=network.attempts, base=network.retry_base),
+        seed=network.seed)
     if source.crawl_list is not None:
         plans = plans_for_list(client, workspace, read_crawl_list(source.crawl_list), options)
     elif source.users_file is not None:

@@ -24,6 +24,7 @@ from typing import Iterator
 
 from manifests import ids
 from manifests.files import write_atomic
+from manifests.licenses import sorted_ids
 from pipeline.safepickle import UnsafePickleError, load_plain_pickle
 
 from .api import ApiError, ApiKeyRejected, FlickrClient, NotFound
@@ -179,7 +180,7 @@ def discover_owners(client: FlickrClient, *, licenses: frozenset[str], groups: t
     the next one is tried.
     """
     seen: set[str] = set()
-    license_list = ",".join(sorted(licenses, key=int))
+    license_list = ",".join(item for item in sorted_ids(licenses) if item.isdigit())  # Flickr's own ids
     # Flickr refuses a search limited only by licence (error 3); an upload-date bound is a limit.
     sources = [("flickr.photos.search", {"license": license_list, "sort": "interestingness-desc",
                                          "content_type": 1, "media": "photos", "min_upload_date": min_upload_date})]
