@@ -207,6 +207,40 @@ def tint_direction(hue_degrees: float) -> np.ndarray:
     return (direction / np.abs(direction).max()).astype(np.float32)
 
 
+def limit_tint(rgb: np.ndarray, direction: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Soft-limit tint weights to the room each pixel has along the tint.
+
+    Parameters
+    ----------
+    rgb : ndarray
+        HxWx3 encoded RGB, float32, in [0, 1].
+    direction : ndarray
+        Tint direction, shape (3,), largest component magnitude one
+        (:func:`tint_direction`).
+    weight : ndarray
+        HxW requested weights, 0 or more, in encoded units of the direction.
+
+    Returns
+    -------
+    ndarray
+        HxW float32 weights ``t = R (1 - exp(-k / R))``, where ``k`` is the
+        requested weight and ``R`` the room: the largest step along the
+        direction that keeps all channels in [0, 1] (footroom ``rgb / -d`` for
+        falling channels, headroom ``(1 - rgb) / d`` for rising ones). ``t``
+        follows ``k`` while it is small against ``R`` and stays below ``R``, so
+        the tinted pixel keeps every channel strictly inside (0, 1) where the
+        input had it.
+    """
+    room = np.full(weight.shape, np.inf, dtype=np.float32)
+    for channel, d in enumerate(direction):
+        if d < 0:
+            room = np.minimum(room, rgb[..., channel] / -d)
+        elif d > 0:
+            room = np.minimum(room, (1.0 - rgb[..., channel]) / d)
+    safe_room = np.maximum(room, 1e-6)
+    return (safe_room * -np.expm1(-weight / safe_room)).astype(np.float32)
+
+
 def apply_color_grading(rgb: np.ndarray, *, shadow: tuple[float, float],
                         highlight: tuple[float, float], midtone: tuple[float, float],
                         global_: tuple[float, float], luminance: tuple[float, float, float, float],
@@ -236,11 +270,14 @@ def apply_color_grading(rgb: np.ndarray, *, shadow: tuple[float, float],
     Masks on luma ``Y``: crossover ``c = 0.5 - 0.25 b`` (b = balance / 100),
     half-width ``w = 0.05 + 0.45 blending / 100``, highlights
     ``m_h = smoothstep(c - w, c + w, Y)``, shadows ``m_s = 1 - m_h``,
-    midtones ``m_m = 4 m_s m_h``. Each wheel adds ``0.3 sat/100 m d(hue)`` where
-    ``d`` is :func:`tint_direction` (additive, luma-neutral toning as in
-    RapidRAW's colour grading), faded out within 0.1 of pure black and white
-    so they stay neutral; luminance sliders scale RGB by
-    ``1 + 0.5 sum(m L) / 100``.
+    midtones ``m_m = 4 m_s m_h``. Each wheel adds ``t d(hue)`` where ``d`` is
+    :func:`tint_direction` (additive, luma-neutral toning as in RapidRAW's
+    colour grading) and ``t`` comes from the requested weight
+    ``k = 0.3 sat/100 m``, faded out within 0.1 of pure black and white so
+    they stay neutral, by :func:`limit_tint`: the tint never drives a channel
+    to 0 or 1, so a warm tint on a dark pixel with little blue turns it
+    amber instead of clipping its blue to black. Luminance sliders scale RGB
+    by ``1 + 0.5 sum(m L) / 100``.
     """
     y = luma(rgb)
     crossover = 0.5 - 0.25 * balance / 100.0
@@ -253,8 +290,10 @@ def apply_color_grading(rgb: np.ndarray, *, shadow: tuple[float, float],
     toned = rgb.copy()
     for (hue, sat), mask in zip((shadow, highlight, midtone, global_), masks):
         if sat:
-            weight = (TONING_STRENGTH * sat / 100.0) * mask * envelope
-            toned += weight[..., None] * tint_direction(hue)
+            direction = tint_direction(hue)
+            weight = limit_tint(toned, direction,
+                                (TONING_STRENGTH * sat / 100.0) * mask * envelope)
+            toned += weight[..., None] * direction
     if any(luminance):
         lift = sum(lum / 100.0 * mask for lum, mask in zip(luminance, (m_shadow, m_mid, m_high,
                                                                         masks[3])))

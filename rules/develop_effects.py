@@ -14,6 +14,10 @@ from rules.develop_math import luma, smoothstep
 #: Grain amplitude (standard deviation, encoded units) at GrainAmount 100.
 GRAIN_STRENGTH = 0.12
 
+#: Smallest side, in pixels, of the noise field the grain pattern is cut from:
+#: large enough to estimate its standard deviation at every grain size.
+GRAIN_MIN_FIELD = 64
+
 
 def vignette_distance(height: int, width: int, roundness: float) -> np.ndarray:
     """Normalised distance from the centre whose level sets shape the vignette.
@@ -102,7 +106,7 @@ def grain_field(height: int, width: int, *, size: float, roughness: float,
     Parameters
     ----------
     height, width : int
-        Picture size in pixels.
+        Picture size in pixels, 1 or more.
     size : float
         ``GrainSize``, 0..100: Gaussian blur sigma ``0.5 + size / 25`` pixels
         of white noise (clumps about 1.5 px at the default 25).
@@ -115,17 +119,29 @@ def grain_field(height: int, width: int, *, size: float, roughness: float,
     Returns
     -------
     ndarray
-        HxW float32.
+        HxW float32, each value about standard normal.
+
+    Notes
+    -----
+    The noise is drawn, blurred and normalised on a field of at least
+    ``GRAIN_MIN_FIELD`` pixels a side and the HxW window at its centre
+    returned, so the standard deviations divided by are estimated from
+    thousands of samples even for a picture of one pixel, and a tiny picture
+    takes interior values, away from the blur's mirrored borders. Pictures at
+    least that large in both sides use the whole field.
     """
     rng = np.random.default_rng(seed)
+    field_shape = (max(height, GRAIN_MIN_FIELD), max(width, GRAIN_MIN_FIELD))
     sigma = 0.5 + size / 25.0
     mix = roughness / 100.0
-    coarse = cv2.GaussianBlur(rng.standard_normal((height, width), dtype=np.float32),
+    coarse = cv2.GaussianBlur(rng.standard_normal(field_shape, dtype=np.float32),
                               (0, 0), sigma)
-    fine = cv2.GaussianBlur(rng.standard_normal((height, width), dtype=np.float32),
+    fine = cv2.GaussianBlur(rng.standard_normal(field_shape, dtype=np.float32),
                             (0, 0), sigma / 2.0)
-    field = (1.0 - mix) * coarse / max(coarse.std(), 1e-6) + mix * fine / max(fine.std(), 1e-6)
-    return (field / max(field.std(), 1e-6)).astype(np.float32)
+    field = (1.0 - mix) * coarse / coarse.std() + mix * fine / fine.std()
+    top = (field_shape[0] - height) // 2
+    left = (field_shape[1] - width) // 2
+    return (field / field.std())[top:top + height, left:left + width].astype(np.float32)
 
 
 def apply_grain(rgb: np.ndarray, *, amount: float, size: float, roughness: float,

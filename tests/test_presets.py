@@ -13,6 +13,7 @@ import pytest
 from skimage import data
 
 from rules.develop import develop
+from rules.develop_effects import GRAIN_STRENGTH, grain_field
 from rules.develop_settings import BANDS, DevelopSettings, SettingWarning
 from rules.develop_tone import basic_tone_curve, parametric_curve_points, white_balance_matrix
 from rules.lrtemplate import MAX_DEPTH, parse_lrtemplate, read_lrtemplate
@@ -121,6 +122,54 @@ def test_develop_is_pure_and_deterministic(coffee):
     first = develop(coffee, settings, seed=7)
     assert np.array_equal(coffee, before)
     assert np.array_equal(first, develop(coffee, settings, seed=7))
+
+
+#: Largest share of a channel's pixels a preset may newly clip to 0 or to 1.
+CLIP_LIMIT = 0.05
+
+#: Presets over CLIP_LIMIT because of stages that clip hard, each with its cause.
+CLIPPING_OVER_LIMIT = {
+    "bright-airy": "Exposure +0.6 multiplies linear light with no highlight roll-off",
+    "direct-positive": "Exposure +0.3 multiplies linear light with no highlight roll-off",
+    "vivid": "Saturation +15 scales chroma about luma past 0 in dark browns",
+}
+
+
+@pytest.fixture(scope="module")
+def photographs() -> dict[str, np.ndarray]:
+    return {name: _small(getattr(data, name)())
+            for name in ("astronaut", "coffee", "chelsea", "rocket")}
+
+
+def _new_clipping(out: np.ndarray, original: np.ndarray) -> dict[str, float]:
+    """Share of pixels newly at 0 or at 1, per channel and end (keys like ``'B=0'``)."""
+    shares = {}
+    for index, channel in enumerate("RGB"):
+        for end, clipped in (("0", lambda v: v <= 0.0), ("1", lambda v: v >= 1.0)):
+            newly = clipped(out[..., index]) & ~clipped(original[..., index])
+            shares[f"{channel}={end}"] = float(newly.mean())
+    return shares
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.xfail(reason=CLIPPING_OVER_LIMIT[name], strict=True))
+    if name in CLIPPING_OVER_LIMIT else name
+    for name in sorted(path.stem for path in PRESET_DIR.glob("*.xmp"))])
+def test_preset_clips_few_pixels_the_input_did_not(photographs, name):
+    settings = builtin_presets()[name].settings
+    over = {f"{photo} {key}": round(100.0 * share, 1)
+            for photo, image in photographs.items()
+            for key, share in _new_clipping(develop(image, settings), image).items()
+            if share > CLIP_LIMIT}
+    assert not over, f"{name} newly clips more than {CLIP_LIMIT:.0%} (per cent): {over}"
+
+
+def test_warm_shadows_warms_dark_tones_without_clipping_blue(coffee):
+    out = develop(coffee, builtin_presets()["warm-shadows"].settings)
+    dark = (_luma(coffee) > 0.05) & (_luma(coffee) < 0.3)
+    warmth_before = (coffee[..., 0] - coffee[..., 2])[dark].mean()
+    assert (out[..., 0] - out[..., 2])[dark].mean() > warmth_before + 0.03
+    assert _new_clipping(out, coffee)["B=0"] < 0.01
 
 
 # --- develop engine: identity and directions -------------------------------------------------
@@ -358,6 +407,24 @@ def test_grain_is_deterministic_per_seed_and_differs_across_seeds(coffee):
     assert abs(first.mean() - coffee.mean()) < 0.01
     gray = develop(coffee, DevelopSettings(grain_amount=50.0, convert_to_grayscale=True))
     assert np.array_equal(gray[..., 0], gray[..., 2])
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (1, 2), (2, 2), (3, 1), (5, 7), (1, 200)])
+def test_grain_keeps_a_tiny_grey_picture_grey(height, width):
+    grey = np.full((height, width, 3), 0.5, np.float32)
+    limit = 5.0 * GRAIN_STRENGTH * 0.5  # five standard deviations of grain at GrainAmount 50
+    for seed in range(20):
+        out = develop(grey, DevelopSettings(grain_amount=50.0, grain_size=100.0), seed=seed)
+        assert np.abs(out - 0.5).max() < limit, (height, width, seed)
+
+
+def test_grain_field_has_unit_variance_at_any_size():
+    for size, roughness in ((0.0, 0.0), (25.0, 50.0), (100.0, 100.0)):
+        tiny = np.concatenate([grain_field(1, 2, size=size, roughness=roughness,
+                                           seed=seed).ravel() for seed in range(300)])
+        assert 0.8 < tiny.std() < 1.2 and abs(tiny.mean()) < 0.2, (size, roughness)
+        large = grain_field(90, 120, size=size, roughness=roughness, seed=0)
+        assert large.std() == pytest.approx(1.0, abs=1e-4)
 
 
 def test_grain_roughness_and_size_change_the_pattern(coffee):
