@@ -23,6 +23,7 @@ decoded gets ``failed`` records with a one-line reason and the stage goes on.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -93,14 +94,25 @@ def find_sources(folder: Path, names_file: Path | None = None) -> tuple[list[Sou
     return sorted(found.values(), key=lambda source: source.name), problems
 
 
+#: Largest prepared original the rules take, in pixels: the float32 working copies of the heavier
+#: rules need about 30 bytes a pixel several times over, a few GB at this size. Larger originals
+#: are refused unless ``--max-side`` shrinks them first.
+MAX_RULE_PIXELS = 40_000_000
+
+
 def prepared_pixels(data: bytes, source: str, max_side: int | None) -> np.ndarray:
     """uint8 RGB ``H x W x 3`` of an original's file bytes, as the rules see it.
 
     Decoded with EXIF orientation applied and any mode converted to RGB, shrunk
     in float (area filter) so the longest side is at most ``max_side`` pixels
-    (``None``: full size), then rounded to 8 bits. Raises ImageError.
+    (``None``: full size), then rounded to 8 bits. Raises ImageError, also
+    for an original of more than :data:`MAX_RULE_PIXELS` after shrinking.
     """
-    return float_to_uint8(shrink_to_max_side(decode_image(data, source).as_float(), max_side))
+    pixels = float_to_uint8(shrink_to_max_side(decode_image(data, source).as_float(), max_side))
+    if pixels.shape[0] * pixels.shape[1] > MAX_RULE_PIXELS:
+        raise ImageError(f"{source}: {pixels.shape[1]}x{pixels.shape[0]} is more than the rules take "
+                         f"({MAX_RULE_PIXELS / 1e6:.0f} MP); give --max-side")
+    return pixels
 
 
 def load_source(path: Path, max_side: int | None) -> tuple[np.ndarray, str]:
@@ -110,15 +122,32 @@ def load_source(path: Path, max_side: int | None) -> tuple[np.ndarray, str]:
     return pixels.astype(np.float32) / np.float32(255.0), hashlib.sha256(data).hexdigest()
 
 
+def _prepared_record(workspace: Workspace, source: SourceImage, max_side: int | None) -> dict:
+    return {"schema": PREPARED_SCHEMA, "name": source.name, "source": str(Path(source.path).absolute()),
+            "source_sha256": None, "source_bytes": None, "source_mtime_ns": None, "max_side": max_side,
+            "file": workspace.relative(workspace.prepared_original(source.name)), "width": None, "height": None,
+            "bytes": None, "sha256": None, "status": "ok", "reason": None, "created_at": None}
+
+
+def failed_original(root: str, source: SourceImage, max_side: int | None, reason: str) -> dict:
+    """The failed prepared record of ``source`` whose task did not return (``reason`` says why)."""
+    record = _prepared_record(Workspace(Path(root)), source, max_side)
+    record.update(status="failed", reason=f"{source.path}: {reason}", file=None, created_at=utc_now())
+    return record
+
+
+def failed_pair(prepared: dict, rule: Rule, reason: str) -> dict:
+    """The failed record of ``rule`` on ``prepared``'s image whose task did not return."""
+    return rule_record(prepared, rule, status="failed", reason=f"{rule.name} on {prepared['name']}: {reason}",
+                       seconds=0.0, created_at=utc_now())
+
+
 def prepare_original(root: str, source: SourceImage, max_side: int | None) -> dict:
     """Keep one original as ``ROOT/fivek/<name>.png`` and return its record (a Dask task; no shared state)."""
     workspace = Workspace(Path(root))
     target = workspace.prepared_original(source.name)
     path = Path(source.path).absolute()
-    record = {"schema": PREPARED_SCHEMA, "name": source.name, "source": str(path), "source_sha256": None,
-              "source_bytes": None, "source_mtime_ns": None, "max_side": max_side,
-              "file": workspace.relative(target), "width": None, "height": None, "bytes": None, "sha256": None,
-              "status": "ok", "reason": None, "created_at": None}
+    record = _prepared_record(workspace, source, max_side)
     try:
         mtime_ns = path.stat().st_mtime_ns  # taken before reading: a change while reading shows next run
         data = path.read_bytes()
@@ -284,17 +313,26 @@ class _Appender:
         self.buffered.clear()
 
 
-def _run_tasks(client, tasks: list[tuple[str, Callable, tuple]], on_result: Callable[[dict], None]) -> None:
-    """Run ``(key, function, args)`` tasks on ``client``, calling ``on_result`` as each result arrives."""
+def _run_tasks(client, tasks: list[tuple[str, Callable, tuple, Callable[[str], dict]]],
+               on_result: Callable[[dict], None]) -> None:
+    """Run ``(key, function, args, failed)`` tasks on ``client``, calling ``on_result`` as each result arrives.
+
+    A task that raises or takes its worker down (out of memory, say: Dask
+    gives up on it with ``KilledWorker``) gives ``failed(reason)``, a failed
+    record, instead of ending the stage.
+    """
     from distributed import as_completed
 
     if not tasks:
         return
-    futures = [client.submit(function, *args, pure=False, key=f"{key}-{time.monotonic_ns()}")
-               for key, function, args in tasks]
+    futures = {client.submit(function, *args, pure=False, key=f"{key}-{time.monotonic_ns()}"): failed
+               for key, function, args, failed in tasks}
     try:
-        for future in as_completed(futures):
-            result = future.result()
+        for future in as_completed(list(futures)):
+            try:
+                result = future.result()
+            except Exception as exc:  # the worker died or the task raised: that image fails, the rest go on
+                result = futures[future](f"task failed: {exc.__class__.__name__}: {exc}".splitlines()[0][:300])
             future.release()
             on_result(result)
     finally:
@@ -342,14 +380,16 @@ def run_rules(workspace: Workspace, sources: list[SourceImage], rules: dict[str,
                                   created_at=utc_now()))
 
     try:
-        _run_tasks(client, [(f"prepare-{source.name}", prepare_original, (root, source, max_side))
+        _run_tasks(client, [(f"prepare-{source.name}", prepare_original, (root, source, max_side),
+                             functools.partial(failed_original, root, source, max_side))
                             for source in to_prepare], original_done)
         appender.flush()
         pending, upgraded, summary.skipped = pending_pairs(workspace, prepared, rules, max_side)
         for record in upgraded:
             appender.add(workspace.rules_manifest(record["rule"]), record)
         summary.upgraded = len(upgraded)
-        _run_tasks(client, [(f"rule-{rule.name}-{original['name']}", run_pair, (root, original, rule))
+        _run_tasks(client, [(f"rule-{rule.name}-{original['name']}", run_pair, (root, original, rule),
+                             functools.partial(failed_pair, original, rule))
                             for original, rule in pending], pair_done)
     finally:
         appender.flush()

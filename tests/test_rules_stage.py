@@ -22,7 +22,7 @@ from manifests.jsonl import latest_by
 from manifests.workspace import Workspace
 from pipeline.cli import cli
 from pipeline.cluster import dask_client
-from pipeline.imageio import encode_png, float_to_uint8, read_image
+from pipeline.imageio import ImageError, encode_png, float_to_uint8, read_image
 from pipeline.rules_stage import SourceImage, find_sources, load_source, run_rules
 from rules.registry import builtin_rules
 
@@ -287,3 +287,35 @@ def test_presets_option_on_the_shipped_folders_and_a_changed_built_in(tmp_path):
                                           .replace(b'crs:Contrast2012="+25"', b'crs:Contrast2012="+60"'))
     clash = listing(changed)
     assert clash.returncode == 2 and "redefines built-in rule 'punch'" in clash.stderr
+
+
+def _kill_the_worker(image):
+    """A rule that takes its worker process down, as running out of memory does."""
+    os._exit(1)
+
+
+def test_a_task_that_kills_its_worker_is_a_failed_record_and_the_stage_goes_on(three_originals, tmp_path):
+    import dask
+
+    from rules.registry import Rule
+
+    workspace = Workspace(tmp_path / "ws")
+    killer = {"killer": Rule("killer", "method", "test", {}, _kill_the_worker)}
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), dask_client(None, workers=1) as client:
+        summary = run_rules(workspace, three_originals, killer, client=client)
+        assert summary.done == {"failed": 3}
+        after = run_rules(workspace, three_originals, {"punch": builtin_rules()["punch"]}, client=client)
+    assert after.done == {"ok": 3}
+    failed = latest_by(workspace.rules_manifest("killer").read().records, "name")
+    assert all(r["status"] == "failed" and "KilledWorker" in r["reason"] for r in failed.values())
+    assert audit(workspace).ok
+
+
+def test_an_original_too_large_for_the_rules_is_refused_unless_shrunk(tmp_path, monkeypatch):
+    import pipeline.rules_stage as stage
+
+    monkeypatch.setattr(stage, "MAX_RULE_PIXELS", 100)
+    png = encode_png(np.zeros((20, 30, 3), np.uint8))
+    with pytest.raises(ImageError, match=r"big.png: 30x20 is more than the rules take .*give --max-side"):
+        stage.prepared_pixels(png, "big.png", None)
+    assert stage.prepared_pixels(png, "big.png", 12).shape == (8, 12, 3)
