@@ -4,12 +4,18 @@ Zuiderveld, "Contrast Limited Adaptive Histogram Equalization", Graphics Gems
 IV, 1994; the tile mapping, clip limit and redistribution follow MATLAB's
 ``adapthisteq`` with its defaults (8 x 8 tiles, ``ClipLimit`` 0.01, 256 bins,
 uniform distribution), the most likely generator of this pseudo-user of
-Kosugi & Yamasaki (IEEE TCSVT 2023).
+Kosugi & Yamasaki (IEEE TCSVT 2023). A colour image is equalised on the L*
+of CIELAB, as MATLAB's documentation applies ``adapthisteq`` to colour
+images (the HSV value, scikit-image's choice, is an option).
 """
 
 import numpy as np
+from skimage.color import lab2rgb, rgb2lab
 
 from rules._color import check_rgb_image, finish_rgb, hsv_value, replace_hsv_value, to_levels
+
+#: The channels CLAHE can equalise: CIELAB L* (MATLAB's recipe) or the HSV value.
+CHANNELS = ("lab", "hsv")
 
 _BINS = 256
 
@@ -95,9 +101,10 @@ def equalize_tiles(levels, *, tiles=(8, 8), clip_limit=0.01):
 
     The channel is padded symmetrically so that it splits into ``tiles``
     tiles of equal, even size; every tile gets a clipped-histogram
-    equalisation mapping ``min(cumsum(h) * 255 / N, 255)``; each pixel's
-    output is the bilinear interpolation of the mappings of the four nearest
-    tile centres (the nearest one or two at the borders), rounded.
+    equalisation mapping ``min(cumsum(h) * 255 / N, 255)``, rounded to 8-bit
+    levels as MATLAB's ``grayxform`` (and OpenCV) apply it; each pixel's
+    output is the bilinear interpolation of the mapped levels of the four
+    nearest tile centres (the nearest one or two at the borders), rounded.
 
     Parameters
     ----------
@@ -125,7 +132,7 @@ def equalize_tiles(levels, *, tiles=(8, 8), clip_limit=0.01):
     histograms = histograms.reshape(tile_rows * tile_cols, _BINS)
     pixels = tile_h * tile_w
     histograms = _clip_histograms(histograms, clip_limit_count(pixels, clip_limit))
-    mappings = np.minimum(np.cumsum(histograms, axis=1) * (255.0 / pixels), 255.0)
+    mappings = _round_half_up(np.minimum(np.cumsum(histograms, axis=1) * (255.0 / pixels), 255.0))
     mappings = mappings.reshape(tile_rows, tile_cols, _BINS)
 
     rows = np.arange(levels.shape[0]) + top
@@ -143,8 +150,8 @@ def equalize_tiles(levels, *, tiles=(8, 8), clip_limit=0.01):
     return _round_half_up(out).astype(np.uint8)
 
 
-def clahe(image, *, tiles=(8, 8), clip_limit=0.01):
-    """Enhance contrast with CLAHE on the HSV value channel.
+def clahe(image, *, tiles=(8, 8), clip_limit=0.01, channel="lab"):
+    """Enhance contrast with CLAHE on CIELAB L* (or the HSV value).
 
     Parameters
     ----------
@@ -156,6 +163,11 @@ def clahe(image, *, tiles=(8, 8), clip_limit=0.01):
         Normalised clip limit; ``adapthisteq``'s default 0.01, i.e. a clip
         count of ``ceil(N/256) + round(0.01 (N - ceil(N/256)))`` per tile of
         ``N`` pixels (about OpenCV ``clipLimit`` 3.6).
+    channel : str, optional
+        ``"lab"``: L* / 100 (sRGB, D65) quantised to 8 bits, equalised, and
+        put back with a* and b* kept, as MATLAB's documentation does for a
+        colour image; ``"hsv"``: the value ``V = max(R, G, B)``, with hue and
+        saturation kept (scikit-image's ``equalize_adapthist``).
 
     Returns
     -------
@@ -164,11 +176,9 @@ def clahe(image, *, tiles=(8, 8), clip_limit=0.01):
 
     Notes
     -----
-    Colour: the value ``V = max(R, G, B)`` is quantised to 8 bits, equalised
-    by :func:`equalize_tiles`, and put back with hue and saturation kept
-    (scikit-image's ``equalize_adapthist`` also works on V; MATLAB's
-    documentation recipe uses CIELAB L*, and which one produced the
-    pseudo-user is not known).
+    Which channel produced the paper's pseudo-user is not known; L* follows
+    the MATLAB recipe the ``adapthisteq`` defaults come from. A colour that
+    L* equalisation takes out of the sRGB gamut is clipped.
 
     References
     ----------
@@ -176,5 +186,11 @@ def clahe(image, *, tiles=(8, 8), clip_limit=0.01):
     Graphics Gems IV, pp. 474-485, 1994.
     """
     image = check_rgb_image(image)
-    equalized = equalize_tiles(to_levels(hsv_value(image)), tiles=tiles, clip_limit=clip_limit)
-    return finish_rgb(replace_hsv_value(image, equalized / 255.0))
+    if channel == "hsv":
+        equalized = equalize_tiles(to_levels(hsv_value(image)), tiles=tiles, clip_limit=clip_limit)
+        return finish_rgb(replace_hsv_value(image, equalized / 255.0))
+    if channel != "lab":
+        raise ValueError(f"CLAHE channel {channel!r}: choose {' or '.join(CHANNELS)}")
+    lab = rgb2lab(image.astype(np.float64))
+    lab[..., 0] = equalize_tiles(to_levels(lab[..., 0] / 100.0), tiles=tiles, clip_limit=clip_limit) / 2.55
+    return finish_rgb(lab2rgb(lab))

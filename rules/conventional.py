@@ -58,7 +58,7 @@ class ConventionalMethod:
 METHODS = {method.name: method for method in (
     ConventionalMethod("CDSA", cdsa, "Wang et al., J. Opt. Soc. Am. A 34(1), 2017",
                        "HSI intensity and saturation"),
-    ConventionalMethod("CLAHE", clahe, "Zuiderveld, Graphics Gems IV, 1994", "HSV value"),
+    ConventionalMethod("CLAHE", clahe, "Zuiderveld, Graphics Gems IV, 1994", "CIELAB L*"),
     ConventionalMethod("GCEHistMod", gcehistmod, "Arici et al., IEEE TIP 18(9), 2009",
                        "HSV value"),
     ConventionalMethod("JieP", jiep, "Cai et al., ICCV 2017", "HSV value"),
