@@ -24,16 +24,23 @@ from rules._sparse import forward_differences, solve_weighted
 SOLVER_RTOL = 1e-3
 
 
-def lime_weights(t_hat, *, sigma=2.0, eps=1e-3):
+#: Forms of the strategy-III weights (see :func:`lime_weights`).
+WEIGHTINGS = ("bounded", "paper")
+
+
+def lime_weights(t_hat, *, sigma=2.0, eps=1e-3, weighting="bounded"):
     """Edge-aware smoothness weights of LIME's sped-up solver (strategy III).
 
-    ``w_d = 1 / (|G_sigma * D_d t_hat| * |D_d t_hat| + eps)`` for the
-    horizontal and vertical forward differences ``D_d``.  The paper writes
-    ``W_d / (|D_d t_hat| + eps)`` with ``W_d = 1 / (|G_sigma * D_d t_hat| + eps)``;
-    here ``eps`` is added once to the product, as in the LIME estimator of
-    Ying et al.'s LECARM code, which bounds the weights by ``1 / eps`` instead
-    of ``1 / eps**2`` and keeps the system well conditioned.  The Gaussian is
-    normalised and truncated at ``3 sigma``.
+    The paper (Guo et al., Eq. 21-23) writes ``w_d = W_d / (|D_d t_hat| + eps)``
+    with ``W_d = sum_y G_sigma / (|sum_y G_sigma D_d t_hat| + eps)``, which for
+    a normalised Gaussian is ``1 / ((|G_sigma * D_d t_hat| + eps) (|D_d t_hat| +
+    eps))`` (``weighting="paper"``), bounded by ``1 / eps**2``. The default
+    ``"bounded"`` adds ``eps`` once, to the product:
+    ``1 / (|G_sigma * D_d t_hat| |D_d t_hat| + eps)``, bounded by ``1 / eps``;
+    the two agree where the gradients are large and the bounded form keeps
+    the system better conditioned in flat regions. ``D_d`` are the
+    horizontal and vertical forward differences; the Gaussian is normalised
+    and truncated at ``3 sigma``.
 
     Parameters
     ----------
@@ -43,26 +50,33 @@ def lime_weights(t_hat, *, sigma=2.0, eps=1e-3):
         Standard deviation of the Gaussian, in pixels.
     eps : float, optional
         Positive regulariser.
+    weighting : str, optional
+        ``"bounded"`` or ``"paper"`` (:data:`WEIGHTINGS`).
 
     Returns
     -------
     wx, wy : numpy.ndarray
-        float64 weights in ``(0, 1/eps]``; the last column of ``wx`` and last
-        row of ``wy`` are 0 (no edge there).
+        float64 weights in ``(0, 1/eps]`` (``"paper"``: ``(0, 1/eps**2]``);
+        the last column of ``wx`` and last row of ``wy`` are 0 (no edge there).
     """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"LIME weighting {weighting!r}: choose {' or '.join(WEIGHTINGS)}")
     gx, gy = forward_differences(np.asarray(t_hat, dtype=np.float64))
     size = 2 * int(np.ceil(3.0 * sigma)) + 1
     weights = []
     for grad in (gx, gy):
         smoothed = cv2.GaussianBlur(grad, (size, size), sigma, borderType=cv2.BORDER_REFLECT)
-        weights.append(1.0 / (np.abs(smoothed) * np.abs(grad) + eps))
+        if weighting == "paper":
+            weights.append(1.0 / ((np.abs(smoothed) + eps) * (np.abs(grad) + eps)))
+        else:
+            weights.append(1.0 / (np.abs(smoothed) * np.abs(grad) + eps))
     wx, wy = weights
     wx[:, -1] = 0.0
     wy[-1, :] = 0.0
     return wx, wy
 
 
-def lime_illumination(image, *, lam=0.15, sigma=2.0, eps=1e-3):
+def lime_illumination(image, *, lam=0.15, sigma=2.0, eps=1e-3, weighting="bounded"):
     """Refined illumination map ``t`` of LIME, before gamma correction.
 
     Solves ``(I + lam * sum_d D_d^T diag(w_d) D_d) t = t_hat`` with
@@ -79,6 +93,8 @@ def lime_illumination(image, *, lam=0.15, sigma=2.0, eps=1e-3):
         Gaussian standard deviation of strategy III, in pixels.
     eps : float, optional
         Regulariser of the weights.
+    weighting : str, optional
+        Form of the weights, ``"bounded"`` or ``"paper"`` (:func:`lime_weights`).
 
     Returns
     -------
@@ -89,11 +105,11 @@ def lime_illumination(image, *, lam=0.15, sigma=2.0, eps=1e-3):
     """
     image = check_rgb_image(image)
     t_hat = hsv_value(image)
-    wx, wy = lime_weights(t_hat, sigma=sigma, eps=eps)
+    wx, wy = lime_weights(t_hat, sigma=sigma, eps=eps, weighting=weighting)
     return solve_weighted(1.0, lam * wx, lam * wy, t_hat, x0=t_hat, rtol=SOLVER_RTOL)
 
 
-def lime(image, *, gamma=0.7, lam=0.15, sigma=2.0, eps=1e-3):
+def lime(image, *, gamma=0.7, lam=0.15, sigma=2.0, eps=1e-3, weighting="bounded"):
     """Enhance a low-light image with LIME (Guo et al., TIP 2017).
 
     Parameters
@@ -112,6 +128,9 @@ def lime(image, *, gamma=0.7, lam=0.15, sigma=2.0, eps=1e-3):
         Standard deviation of the strategy-III Gaussian in pixels; 2 in both.
     eps : float, optional
         Small constant of the weights and of the final division; 1e-3.
+    weighting : str, optional
+        ``"bounded"`` (default) or the paper's own ``"paper"`` form of the
+        strategy-III weights (:func:`lime_weights`).
 
     Returns
     -------
@@ -131,7 +150,7 @@ def lime(image, *, gamma=0.7, lam=0.15, sigma=2.0, eps=1e-3):
     Illumination Map Estimation", IEEE Trans. Image Process. 26(2):982-993,
     2017.
     """
-    illumination = lime_illumination(image, lam=lam, sigma=sigma, eps=eps)
+    illumination = lime_illumination(image, lam=lam, sigma=sigma, eps=eps, weighting=weighting)
     illumination = np.clip(illumination, 0.0, 1.0) ** gamma
     denominator = np.maximum(illumination, eps)[..., None]
     return finish_rgb(image.astype(np.float64) / denominator)
