@@ -85,8 +85,8 @@ def one_at_a_time(stage: str):
 def cli(ctx: click.Context, root: Path, config_path: Path | None, verbose: int, quiet: bool) -> None:
     """pie: build the Flickr pseudo-pair dataset for personalized image enhancement.
 
-    Stages, in order: crawl, rules, train-degrader, degrade, shard, train; export lays the pairs out
-    for the reference code; audit checks a workspace.
+    Stages, in order: crawl, rules, train-degrader, degrade, shard, train, then evaluate and enhance;
+    export lays the pairs out for the reference code; audit checks a workspace.
     """
     console.setup_logging(verbose, quiet)
     workspace = Workspace(root)
