@@ -9,6 +9,8 @@ of CIELAB, as MATLAB's documentation applies ``adapthisteq`` to colour
 images (the HSV value, scikit-image's choice, is an option).
 """
 
+import warnings
+
 import numpy as np
 from skimage.color import lab2rgb, rgb2lab
 
@@ -193,4 +195,7 @@ def clahe(image, *, tiles=(8, 8), clip_limit=0.01, channel="lab"):
         raise ValueError(f"CLAHE channel {channel!r}: choose {' or '.join(CHANNELS)}")
     lab = rgb2lab(image.astype(np.float64))
     lab[..., 0] = equalize_tiles(to_levels(lab[..., 0] / 100.0), tiles=tiles, clip_limit=clip_limit) / 2.55
-    return finish_rgb(lab2rgb(lab))
+    with warnings.catch_warnings():  # colours out of the sRGB gamut are clipped, as the Notes say
+        warnings.filterwarnings("ignore", message="Conversion from CIE-LAB", category=UserWarning)
+        rgb = lab2rgb(lab)
+    return finish_rgb(rgb)
