@@ -249,7 +249,7 @@ def write_report(workspace: Workspace, lines: list[str], rules_image: str | None
     evaluation table, personalized photos and the 25 rules on one image."""
     parts = ["<!doctype html><meta charset='utf-8'><title>pie demo</title>",
              "<style>body{font-family:sans-serif;margin:2em}figure{display:inline-block;margin:4px;"
-             "font-size:11px;text-align:center}pre{background:#f4f4f4;padding:1em}</style>",
+             "font-size:11px;text-align:center}pre{background:#f4f4f4;padding:1em;white-space:pre-wrap;overflow-wrap:anywhere}</style>",
              "<h1>pie demo</h1><h2>Stages</h2><pre>", html.escape("\n".join(lines)), "</pre>"]
     parts.append("<h2>Crawled photos (first four kept per user)</h2>")
     for nsid in workspace.crawled_users():
