@@ -19,8 +19,8 @@ is left out at that N.
 
 Images are held as uint8 at ``size`` (the unseen pairs) and at the model's
 embedding side (the preferred pairs). When the model's image side is not
-``size``, its residual is carried to ``size`` by bilinear upsampling, as
-:mod:`model.personalize` does for full-resolution photos.
+``size``, its residual is carried to ``size`` by bilinear upsampling
+(:func:`model.personalize.residual`, as for full-resolution photos).
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from . import inference
 from .metrics import METRICS, score
 from .networks import MSM
 from .pca import StylePCA
+from .personalize import residual
 
 #: The paper's preferred-set sizes and draws per size.
 NUM_PREFERRED = (20, 50, 100)
@@ -151,15 +151,6 @@ class UserResult:
                    {int(n): methods for n, methods in values["scores"].items()}, list(values.get("skipped", [])))
 
 
-def _to_size(model_output: torch.Tensor, model_input: torch.Tensor, full_input: torch.Tensor) -> torch.Tensor:
-    """Carry the model's residual (output - input at the model side) to ``full_input``'s side."""
-    if model_output.shape[-2:] == full_input.shape[-2:]:
-        return model_output
-    residual = F.interpolate(model_output - model_input, size=full_input.shape[-2:], mode="bilinear",
-                             align_corners=False)
-    return full_input + residual
-
-
 def _preferred(model: MSM, user: TestUser, indices: list[int]) -> inference.PreferredSet:
     return inference.encode_preferred(model, *user.load(indices, model.config.embed_size))
 
@@ -191,8 +182,7 @@ def evaluate_user(model: MSM, pca: StylePCA | None, user: TestUser, settings: Se
                 styles = [inference.styles_from_contents(model, pca, preferred, contents, m) for m in styled]
                 enhanced = inference.enhance_with_styles(model, x_model, styles) if styled else []
                 outputs = {method: x_full for method in settings.methods if method == "identity"}
-                outputs.update({method: _to_size(out, x_model, x_full).clamp(0.0, 1.0)
-                                for method, out in zip(styled, enhanced)})
+                outputs.update({method: residual(x_full, x_model, out) for method, out in zip(styled, enhanced)})
                 for method in settings.methods:
                     for metric, values in score(outputs[method], y).items():
                         sums[method][metric] += float(values.sum())
