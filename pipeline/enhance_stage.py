@@ -6,15 +6,15 @@ input's EXIF bytes and ICC profile, so that a viewer shows the output as it
 showed the input. Outputs are ``OUT/<stem>.<ext>``: the input's extension for
 JPEG and PNG files, ``.png`` otherwise, always 8 bits per channel. A finished
 output is never rewritten, so a rerun resumes; each is written under a
-temporary name and renamed when complete. A photo that cannot be read costs
-one warning line and the run goes on.
+temporary name and renamed when complete, and a temporary that a killed run
+left is removed by the next. A photo that cannot be read costs one warning
+line and the run goes on.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -22,12 +22,12 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from .imageio import ImageError, _apply_orientation, decode_image, float_to_uint8, read_image
+from manifests.files import PARTIAL_MARK, write_atomic
+
+from .imageio import (ImageError, _apply_orientation, decode_image, float_to_uint8, folder_images, images_by_stem,
+                      read_image)
 
 log = logging.getLogger("pie.enhance")
-
-#: File name endings read from folders (files named on the command line are tried whatever their ending).
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"})
 
 #: Endings kept for the output; any other input is written as PNG.
 KEPT_SUFFIXES = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
@@ -39,25 +39,14 @@ INVERSE_ORIENTATION = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}
 INPUT_SUFFIX = "_input"
 
 
-def _folder_images(folder: Path) -> list[Path]:
-    return sorted(path for path in folder.iterdir()
-                  if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."))
-
-
 def collect_images(paths: Iterable[Path]) -> list[Path]:
-    """Files as given, and the images directly inside each folder (sorted), without repeats."""
+    """Files as given (tried whatever their ending), and the images directly inside each folder (sorted),
+    without repeats."""
     found: dict[Path, None] = {}
     for path in paths:
-        for image in (_folder_images(path) if path.is_dir() else [path]):
+        for image in (folder_images(path) if path.is_dir() else [path]):
             found.setdefault(image, None)
     return list(found)
-
-
-def _by_stem(paths: Iterable[Path]) -> dict[str, Path]:
-    stems: dict[str, Path] = {}
-    for path in paths:
-        stems.setdefault(path.stem, path)  # sorted input: a.jpg wins over a.png
-    return stems
 
 
 def find_pairs(preferred: Path, preferred_inputs: Path | None = None) -> list[tuple[Path, Path]]:
@@ -68,12 +57,13 @@ def find_pairs(preferred: Path, preferred_inputs: Path | None = None) -> list[tu
     ``name.ext`` (retouched) and ``name_input.ext`` (original).
     """
     if preferred_inputs is not None:
-        retouched, originals = _by_stem(_folder_images(preferred)), _by_stem(_folder_images(preferred_inputs))
+        retouched = images_by_stem(folder_images(preferred))
+        originals = images_by_stem(folder_images(preferred_inputs))
     else:
-        files = _folder_images(preferred)
-        originals = _by_stem(p for p in files if p.stem.endswith(INPUT_SUFFIX) and p.stem != INPUT_SUFFIX)
+        files = folder_images(preferred)
+        originals = images_by_stem(p for p in files if p.stem.endswith(INPUT_SUFFIX) and p.stem != INPUT_SUFFIX)
         originals = {stem[:-len(INPUT_SUFFIX)]: path for stem, path in originals.items()}
-        retouched = _by_stem(p for p in files if not p.stem.endswith(INPUT_SUFFIX))
+        retouched = images_by_stem(p for p in files if not p.stem.endswith(INPUT_SUFFIX))
     return [(originals[stem], retouched[stem]) for stem in sorted(set(originals) & set(retouched))]
 
 
@@ -148,10 +138,12 @@ def encode_output(pixels: np.ndarray, photo: Photo, image_format: str, quality: 
     return buffer.getvalue()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.part")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+def _remove_partial_outputs(out: Path, names: set[str]) -> None:
+    """Delete what a killed run left half-written of the outputs ``names`` (and nothing else of ``out``)."""
+    for path in out.iterdir():
+        name, mark, _ = path.name.partition(PARTIAL_MARK)
+        if mark and name in names and path.is_file():
+            path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -178,6 +170,7 @@ def run_enhance(personalizer, images: list[Path], out: Path, *, quality: int = 9
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
+    _remove_partial_outputs(out, {output_path(image, out).name for image in images})
     summary = EnhanceSummary(out, preferred=len(personalizer.preferred) if personalizer.preferred is not None else 0,
                              method=personalizer.method, full_resolution=personalizer.full_resolution)
     claimed: dict[Path, Path] = {}
@@ -196,7 +189,7 @@ def run_enhance(personalizer, images: list[Path], out: Path, *, quality: int = 9
             except torch.OutOfMemoryError:
                 raise ImageError(f"{image}: out of memory at {photo.pixels.shape[1]}x{photo.pixels.shape[0]} "
                                  f"with --full-resolution {personalizer.full_resolution}") from None
-            _write_atomically(target, encode_output(enhanced, photo, KEPT_SUFFIXES.get(target.suffix.lower(), "PNG"),
+            write_atomic(target, encode_output(enhanced, photo, KEPT_SUFFIXES.get(target.suffix.lower(), "PNG"),
                                                     quality))
             summary.enhanced += 1
         except ImageError as error:

@@ -29,12 +29,10 @@ from manifests.files import file_sha256, write_atomic
 from manifests.jsonl import JsonlStore
 from model.evaluation import Settings, TestUser, UserResult, held, memory_loader
 
-from .imageio import ImageError, read_image
+from .imageio import ImageError, folder_images, images_by_stem, read_image
 
 log = logging.getLogger("pie.evaluate")
 
-#: File extensions read from ``--pairs`` folders.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp")
 #: Side (pixels) of one example cell in the HTML sheet.
 EXAMPLE_SIDE = 160
 
@@ -167,14 +165,7 @@ def matched_pairs(originals: Path, retouched: Path) -> list[tuple[str, Path, Pat
     def images(folder: Path) -> dict[str, Path]:
         if not folder.is_dir():
             raise EvaluationError(f"{folder}: not a folder")
-        found: dict[str, Path] = {}
-        for path in sorted(folder.iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-                if path.stem in found:
-                    log.warning("%s: a second image with stem %r; using %s", path, path.stem, found[path.stem].name)
-                    continue
-                found[path.stem] = path
-        return found
+        return images_by_stem(folder_images(folder))
 
     left, right = images(originals), images(retouched)
     unmatched = len(set(left) ^ set(right))

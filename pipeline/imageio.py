@@ -5,15 +5,18 @@ from our own earlier stages; any of them may be truncated, not an image at all,
 a decompression bomb, or in an unusual mode (16-bit, CMYK, grey, palette,
 alpha, rotated by an EXIF tag). Everything here turns such input into either a
 well-formed RGB array or one :class:`ImageError` whose message names the source
-and the problem in one line.
+and the problem in one line. Folders of images are listed and matched by
+file stem here too.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -24,6 +27,11 @@ MAX_PIXELS = 268_435_456
 
 #: Formats accepted from any source.
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "TIFF", "WEBP", "BMP", "MPO"})
+
+#: File name endings taken as images when a folder is listed.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"})
+
+log = logging.getLogger("pie.imageio")
 
 # Pillow warns above this many pixels and refuses twice as many; decode_image
 # turns the warning into an error too.
@@ -227,3 +235,21 @@ def float_to_uint8(image: np.ndarray) -> np.ndarray:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else exc.__class__.__name__
+
+
+def folder_images(folder: Path) -> list[Path]:
+    """The image files (:data:`IMAGE_SUFFIXES`) directly inside ``folder``, sorted by name; hidden files left out."""
+    return sorted(path for path in Path(folder).iterdir()
+                  if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."))
+
+
+def images_by_stem(paths: Iterable[Path]) -> dict[str, Path]:
+    """``{stem: path}``; of two images with one stem the first is kept (``a.jpg`` before ``a.png`` in
+    sorted input) and the second named in a warning."""
+    stems: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in stems:
+            log.warning("%s: a second image with stem %r; using %s", path, path.stem, stems[path.stem].name)
+            continue
+        stems[path.stem] = path
+    return stems

@@ -281,3 +281,17 @@ def test_pie_enhance_usage_and_nothing_enhanced(enhance_inputs, model_file, tmp_
     done = pie("enhance", "--checkpoint", model_file, "--preferred", enhance_inputs / "preferred",
                enhance_inputs / "photos" / "broken.jpg", "--out", tmp_path / "out", cwd=tmp_path)
     assert done.returncode == 1 and "nothing enhanced" in done.stderr, done.stderr
+
+
+def test_a_rerun_removes_only_its_own_half_written_outputs(model, tmp_path):
+    from pipeline.enhance_stage import run_enhance
+
+    write_png(tmp_path / "photo.png", photo(30, 40))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "photo.png.part-123-456").write_bytes(b"half a png")  # left by a killed run
+    (out / "notes.part-2.txt").write_text("the user's own file")
+    personalizer = Personalizer(model, identity_pca()).fit(preferred_pairs())
+    summary = run_enhance(personalizer, [tmp_path / "photo.png"], out)
+    assert summary.enhanced == 1
+    assert sorted(p.name for p in out.iterdir()) == ["notes.part-2.txt", "photo.png"]
