@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .files import PARTIAL_MARK, file_sha256
 from .jsonl import latest_by
@@ -96,7 +95,7 @@ def audit_flickr(workspace: Workspace, report: AuditReport, *, licenses: frozens
             other = seen_sha.setdefault(record["sha256"], f"{nsid}/{photo_id}")
             if other != f"{nsid}/{photo_id}":
                 report.problems.append(f"{where}: same bytes as {other}")
-            kept.add(Path(record["file"]).name)
+            kept.add(record["file"])
             _check_file(workspace, report, where, record["file"], record["bytes"], record["sha256"], verify_checksums)
             degraded = record.get("degraded")
             if isinstance(degraded, dict):
@@ -112,11 +111,7 @@ def audit_flickr(workspace: Workspace, report: AuditReport, *, licenses: frozens
                                    f"photos, expected {valid_refs}")
         if user_splits["train"] and (user_splits["valid"] or user_splits["valid_ref"]):
             report.problems.append(f"{store.path.name}: user is in both the train and valid splits")
-        folder = workspace.root / "flickr" / nsid
-        if folder.is_dir():
-            for path in sorted(folder.iterdir()):
-                if path.name not in kept:
-                    report.problems.append(f"flickr/{nsid}/{path.name}: file on disk without an ok record")
+        _check_unrecorded(workspace, report, f"flickr/{nsid}", kept)
     _check_unrecorded(workspace, report, "degraded", degraded_files)
     report.sections["flickr"] = {"users": report.users, "records": report.records, "degraded": degraded_count}
 
@@ -127,7 +122,7 @@ def _check_unrecorded(workspace: Workspace, report: AuditReport, folder: str, re
     for path in sorted(base.rglob("*")) if base.is_dir() else []:
         if not path.is_file():
             continue
-        relative = workspace.relative(path)
+        relative = path.relative_to(workspace.root).as_posix()  # found under the root: nothing to resolve
         if relative in recorded:
             continue
         if PARTIAL_MARK in path.name or path.name.endswith((".tmp", ".part")):

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator
 
 from manifests import ids
-from manifests.files import PARTIAL_MARK, file_sha256, write_atomic
+from manifests.files import file_sha256, remove_partials, write_atomic
 from manifests.jsonl import latest_by
 from manifests.licenses import OPEN_LICENSE_IDS, UNVERIFIED
 from manifests.records import PHOTO_SCHEMA, USER_SCHEMA, utc_now
@@ -272,7 +272,7 @@ class Crawler:
         for photo_id, record in latest.items():
             if record.get("status") == "ok" and self._file_matches(record):
                 ok.add(photo_id)
-        self._remove_partial_files(plan.nsid)
+        remove_partials(self.workspace.root / "flickr" / plan.nsid)  # left by a killed run
         return _UserState(plan, splits.user_split(plan.nsid, self.options.valid_fraction), latest, ok)
 
     def _file_matches(self, record: dict) -> bool:
@@ -282,12 +282,6 @@ class Crawler:
         except (OSError, ValueError, KeyError, TypeError):
             return False
         return digest == record.get("sha256")
-
-    def _remove_partial_files(self, nsid: str) -> None:
-        folder = self.workspace.root / "flickr" / nsid
-        if folder.is_dir():
-            for partial in folder.glob(f"*{PARTIAL_MARK}*"):
-                partial.unlink(missing_ok=True)
 
     # Records ----------------------------------------------------------------------------------
     def _record(self, state: _UserState, candidate: Candidate, status: str, *, reason: str | None = None,
