@@ -167,11 +167,11 @@ def crawl(session: Session, users_file, crawl_list, discover, groups, num_users,
           min_side, mirror, api_key, api_secret, api_url, calls_per_hour, concurrency, per_host, timeout,
           attempts, retry_base, seed, offline, dry_run) -> None:
     """Crawl Flickr users' photos into ROOT/flickr/<nsid>/ with one manifest per user."""
-    from .crawl.crawler import CrawlAborted, CrawlOptions
-    from .crawl.listing import extras_for
-    from .crawl.stage import Network, Source, crawl as run_crawl, plan_text
-    from .crawl.users import UserListError
-    from .crawl.api import ApiError
+    from .stages.crawl.crawler import CrawlAborted, CrawlOptions
+    from .stages.crawl.listing import extras_for
+    from .stages.crawl.stage import Network, Source, crawl as run_crawl, plan_text
+    from .stages.crawl.users import UserListError
+    from .stages.crawl.api import ApiError
 
     console.redact(api_key, api_secret)
     try:
@@ -216,7 +216,7 @@ def crawl(session: Session, users_file, crawl_list, discover, groups, num_users,
 @pass_session
 def flickr_replay(session: Session, directory, host, port, api_key, faults, seed, static_base) -> None:
     """Serve DIRECTORY (one sub-folder of photos per NSID) as a Flickr-compatible API on loopback."""
-    from .flickr_replay import FaultSpec, ReplayServer
+    from .replay.server import FaultSpec, ReplayServer
 
     console.redact(api_key)
     try:
@@ -240,7 +240,7 @@ def flickr_replay(session: Session, directory, host, port, api_key, faults, seed
 
 def _all_rules(presets_dir: Path | None) -> dict:
     """The 25 built-in rules plus every preset file in ``presets_dir``."""
-    from rules.preset import builtin_presets, load_preset_dir
+    from rules.develop.preset import builtin_presets, load_preset_dir
     from rules.registry import builtin_rules, rules_from_presets
 
     rules = builtin_rules()
@@ -280,7 +280,7 @@ def rules(ctx: click.Context, fivek, names_file, only, max_side, presets_dir, sc
     if fivek is None:
         raise click.UsageError("pie rules needs --fivek DIR (or a subcommand: list, show)")
     from .cluster import dask_client
-    from .rules_stage import RulesInputError, find_sources, run_rules, selected_rules
+    from .stages.rules import RulesInputError, find_sources, run_rules, selected_rules
 
     session: Session = ctx.obj
     try:
@@ -325,7 +325,7 @@ def rules_list(presets_dir) -> None:
 def rules_show(name, image, out, max_side, presets_dir) -> None:
     """Render IMAGE with rule NAME into --out."""
     from .imageio import ImageError, encode_png, float_to_uint8
-    from .rules_stage import load_source
+    from .stages.rules import load_source
 
     available = _all_rules(presets_dir)
     if name not in available:
@@ -397,7 +397,7 @@ def train_degrader(session: Session, model_size, blocks, channels, subnet_channe
     from degrader.dsn import DSNConfig, encoder_from_vgg16
     from degrader.train import ConfigurationMismatch, TrainConfig, train
 
-    from .degrade_stage import rule_pairs
+    from .stages.degrade import rule_pairs
 
     model = getattr(DSNConfig, model_size)()
     overrides = {"coupling_blocks": blocks, "subnet_channels": subnet_channels}
@@ -466,7 +466,7 @@ def degrade(session: Session, checkpoint, image_format, quality, batch_size, dev
     from degrader.train import CheckpointError
 
     from .cluster import dask_client
-    from .degrade_stage import run_degrade
+    from .stages.degrade import run_degrade
 
     checkpoint = checkpoint or session.workspace.degrader_checkpoint()
     if not checkpoint.exists():
@@ -504,8 +504,8 @@ SOURCES = ("flickr", "rules")
 def shard(session: Session, out, maxcount, maxsize, only, scheduler, workers) -> None:
     """Write the pairs as user-grouped WebDataset shards with index.json; exit 1 if any pair was skipped."""
     from .cluster import dask_client
-    from .shard_plan import parse_size, workspace_plan
-    from .shard_stage import run_shard
+    from .stages.shard.plan import parse_size, workspace_plan
+    from .stages.shard.write import run_shard
 
     try:
         plans, skipped = workspace_plan(session.workspace, only=only, maxcount=maxcount, maxsize=parse_size(maxsize))
@@ -536,7 +536,7 @@ def shard(session: Session, out, maxcount, maxsize, only, scheduler, workers) ->
 @pass_session
 def export(session: Session, out, layout, only) -> None:
     """Lay the pairs out in OUT as the reference implementation reads them (hard links where possible)."""
-    from .export import export_reference
+    from .stages.export import export_reference
 
     summary = export_reference(session.workspace, out, only)
     for item in summary.skipped:
@@ -651,7 +651,7 @@ def train(session: Session, step, model_size, image_size, embed_size, shards, ou
     from model.train import CheckpointError, TrainConfig, setup_distributed
     from model.train import train as run_training
 
-    from . import train_stage
+    from .stages import train as train_stage
 
     sizes = {"image_size": image_size, "embed_size": embed_size}
     try:
@@ -748,7 +748,7 @@ def enhance(session: Session, images, checkpoint, preferred, preferred_inputs, o
     """Enhance IMAGES (files or folders) in the style of one user's preferred (original, retouched) pairs."""
     from model.personalize import Personalizer
 
-    from . import enhance_stage
+    from .stages import enhance as enhance_stage
 
     pairs = enhance_stage.find_pairs(preferred, preferred_inputs)
     if not pairs:
@@ -833,7 +833,7 @@ def evaluate(session: Session, checkpoint, shards, pairs, test_count, num_prefer
     """Score the model beside identity, mean-style and weighted-average by the paper's protocol."""
     from model.evaluation import Settings, format_table
 
-    from . import evaluate_stage
+    from .stages import evaluate as evaluate_stage
 
     try:
         settings = Settings(num_preferred=_int_list(num_preferred, "--num-preferred"), draws=num_draws,
@@ -874,7 +874,7 @@ def evaluate(session: Session, checkpoint, shards, pairs, test_count, num_prefer
 @one_at_a_time("demo")
 def demo(session: Session, workers) -> None:
     """Run every stage on the bundled sample corpus and write ROOT/report.html."""
-    from .demo import run_demo
+    from .stages.demo.run import run_demo
 
     result = run_demo(session.workspace, workers=workers,
                       report=lambda line: console.summary(line, session.quiet))

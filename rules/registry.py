@@ -17,9 +17,9 @@ from typing import Callable
 
 import numpy as np
 
-from .develop import develop
-from .develop_settings import DevelopSettings
-from .preset_types import Preset
+from .develop.engine import develop
+from .develop.settings import DevelopSettings
+from .develop.preset_types import Preset
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def preset_seed(name: str) -> int:
 
 
 def rule_from_preset(preset: Preset) -> Rule:
-    """A preset as a pseudo-user: :func:`rules.develop.develop` with its settings."""
+    """A preset as a pseudo-user: :func:`rules.develop.engine.develop` with its settings."""
     return Rule(preset.name, "preset", preset.title or preset.source, preset_parameters(preset.settings),
                 partial(develop, settings=preset.settings, seed=preset_seed(preset.name)))
 
@@ -91,6 +91,6 @@ def method_rules() -> dict[str, Rule]:
 
 def builtin_rules() -> dict[str, Rule]:
     """The paper's 25 pseudo-users: ten methods, then the fifteen shipped presets."""
-    from .preset import builtin_presets
+    from .develop.preset import builtin_presets
 
     return {**method_rules(), **rules_from_presets(builtin_presets())}

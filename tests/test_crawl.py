@@ -18,8 +18,8 @@ from manifests.jsonl import latest_by
 from manifests.records import validate_photo_record
 from manifests.workspace import Workspace
 from pipeline.cli import cli
-from pipeline.corpus import build_corpus
-from pipeline.flickr_replay import ReplayServer
+from pipeline.stages.demo.corpus import build_corpus
+from pipeline.replay.server import ReplayServer
 
 KEY, SECRET = "replaykey", "topsecret-9f8e7d"
 DATA = Path(__file__).parent / "data"
@@ -322,7 +322,7 @@ def test_discover_finds_owners_with_enough_eligible_photos(corpus, tmp_path):
 
 
 def test_failed_downloads_and_an_empty_user_file_exit_1_and_a_rerun_finishes(corpus, tmp_path):
-    from pipeline.replay_faults import FaultSpec
+    from pipeline.replay.faults import FaultSpec
 
     folder, nsids = corpus
     pie = str(Path(sys.executable).with_name("pie"))

@@ -12,12 +12,12 @@ import pytest
 
 from pipeline.cli import cli, option_names
 from pipeline.config import ConfigError, load_defaults
-from pipeline.crawl import splits
-from pipeline.crawl.budget import ApiBudget
-from pipeline.crawl.dedupe import DuplicateIndex, perceptual_hash
-from pipeline.crawl.listing import ReplyError, candidate_from_entry, candidate_from_url, parse_photo_page, \
+from pipeline.stages.crawl import splits
+from pipeline.stages.crawl.budget import ApiBudget
+from pipeline.stages.crawl.dedupe import DuplicateIndex, perceptual_hash
+from pipeline.stages.crawl.listing import ReplyError, candidate_from_entry, candidate_from_url, parse_photo_page, \
     rewrite_for_mirror
-from pipeline.crawl.users import UserListError, read_crawl_list, read_user_file
+from pipeline.stages.crawl.users import UserListError, read_crawl_list, read_user_file
 
 
 class FakeClock:

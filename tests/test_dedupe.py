@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.crawl.dedupe import NEAR_DUPLICATE_BITS, DuplicateIndex
+from pipeline.stages.crawl.dedupe import NEAR_DUPLICATE_BITS, DuplicateIndex
 
 
 class LinearReference:

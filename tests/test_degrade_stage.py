@@ -20,9 +20,9 @@ from manifests.licenses import lookup
 from manifests.records import PHOTO_SCHEMA
 from manifests.workspace import Workspace
 from pipeline.cli import cli
-from pipeline.degrade_stage import rule_pairs
+from pipeline.stages.degrade import rule_pairs
 from pipeline.imageio import encode_jpeg, encode_png, read_image
-from pipeline.rules_stage import SourceImage, prepare_original, run_pair
+from pipeline.stages.rules import SourceImage, prepare_original, run_pair
 from rules.registry import builtin_rules
 
 NSID = "48600000@N01"

@@ -284,7 +284,7 @@ def test_pie_enhance_usage_and_nothing_enhanced(enhance_inputs, model_file, tmp_
 
 
 def test_a_rerun_removes_only_its_own_half_written_outputs(model, tmp_path):
-    from pipeline.enhance_stage import run_enhance
+    from pipeline.stages.enhance import run_enhance
 
     write_png(tmp_path / "photo.png", photo(30, 40))
     out = tmp_path / "out"

@@ -18,10 +18,10 @@ import requests
 from PIL import Image, UnidentifiedImageError
 from skimage import data
 
-from pipeline.flickr_replay import ReplayServer
-from pipeline.replay_api import paginate, paging_arguments
-from pipeline.replay_corpus import SIZES_BY_EXTRA, load_corpus
-from pipeline.replay_faults import KINDS, FaultSpec
+from pipeline.replay.server import ReplayServer
+from pipeline.replay.api import paginate, paging_arguments
+from pipeline.replay.corpus import SIZES_BY_EXTRA, load_corpus
+from pipeline.replay.faults import KINDS, FaultSpec
 
 KEY, SECRET = "0123456789abcdef0123456789abcdef", "fedcba9876543210"
 ALICE, BOB, GONE, GROUP = "11111111@N01", "22222222@N02", "33333333@N03", "44444444@N04"

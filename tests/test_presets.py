@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from skimage import data
 
-from rules.develop import develop
-from rules.develop_effects import GRAIN_STRENGTH, grain_field
-from rules.develop_settings import BANDS, DevelopSettings, SettingWarning
-from rules.develop_tone import basic_tone_curve, parametric_curve_points, white_balance_matrix
-from rules.lrtemplate import MAX_DEPTH, parse_lrtemplate, read_lrtemplate
-from rules.preset import builtin_presets, load_preset, load_preset_dir
-from rules.preset_types import PresetError
-from rules.xmp import CRS, RDF, read_xmp
+from rules.develop.engine import develop
+from rules.develop.effects import GRAIN_STRENGTH, grain_field
+from rules.develop.settings import BANDS, DevelopSettings, SettingWarning
+from rules.develop.tone import basic_tone_curve, parametric_curve_points, white_balance_matrix
+from rules.develop.lrtemplate import MAX_DEPTH, parse_lrtemplate, read_lrtemplate
+from rules.develop.preset import builtin_presets, load_preset, load_preset_dir
+from rules.develop.preset_types import PresetError
+from rules.develop.xmp import CRS, RDF, read_xmp
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "rules" / "presets"
 PUNCH_XMP = (PRESET_DIR / "punch.xmp").read_bytes()

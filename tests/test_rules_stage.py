@@ -23,7 +23,7 @@ from manifests.workspace import Workspace
 from pipeline.cli import cli
 from pipeline.cluster import dask_client
 from pipeline.imageio import ImageError, encode_png, float_to_uint8, read_image
-from pipeline.rules_stage import SourceImage, find_sources, load_source, run_rules
+from pipeline.stages.rules import SourceImage, find_sources, load_source, run_rules
 from rules.registry import builtin_rules
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "rules" / "presets"
@@ -312,7 +312,7 @@ def test_a_task_that_kills_its_worker_is_a_failed_record_and_the_stage_goes_on(t
 
 
 def test_an_original_too_large_for_the_rules_is_refused_unless_shrunk(tmp_path, monkeypatch):
-    import pipeline.rules_stage as stage
+    import pipeline.stages.rules as stage
 
     monkeypatch.setattr(stage, "MAX_RULE_PIXELS", 100)
     png = encode_png(np.zeros((20, 30, 3), np.uint8))

@@ -20,11 +20,11 @@ import webdataset as wds
 from manifests.jsonl import latest_by
 from manifests.workspace import Workspace
 from pipeline.cluster import dask_client
-from pipeline.export import export_reference
+from pipeline.stages.export import export_reference
 from pipeline.imageio import encode_png
-from pipeline.shard_plan import Pair, pack, parse_size, workspace_plan
-from pipeline.shard_stage import INDEX_NAME, STATE_DIR, run_shard
-from pipeline.tar_writer import RECORD, TarStream
+from pipeline.stages.shard.plan import Pair, pack, parse_size, workspace_plan
+from pipeline.stages.shard.write import INDEX_NAME, STATE_DIR, run_shard
+from pipeline.stages.shard.tar_writer import RECORD, TarStream
 
 from shard_fixtures import USERS, build_workspace, degrade_record, total_pairs
 

@@ -17,7 +17,7 @@ scores the held-out users with ``model.evaluation``:
   overall gain does not change; the lowest third are *warm* (skin, fur,
   coffee, retina), the highest third *cool* (sky, space, blue cloth), and the
   middle third is left out so that the classes are clearly apart;
-* **looks**: a user has two retouching looks (:class:`pipeline.corpus.Style`),
+* **looks**: a user has two retouching looks (:class:`pipeline.stages.demo.corpus.Style`),
   look A for warm crops and look B for cool ones, opposite on brightness
   (gamma), white balance (warmth) and saturation, each with a random sign;
   every look pair is given to two users, once in each order, so no
@@ -69,7 +69,7 @@ from model.evaluation import Settings, TestUser, aggregate, evaluate_user, forma
 from model.inference import load
 from model.networks import MSMConfig
 from model.train import TrainConfig, TrainData, train
-from pipeline.corpus import Style, source_photographs
+from pipeline.stages.demo.corpus import Style, source_photographs
 from pipeline.imageio import read_image, shrink_to_max_side
 
 #: Side of the stored crops and of the enhancer (the step-2 embeddings see half of it).

@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
 
 from manifests.workspace import Workspace  # noqa: E402
-from pipeline.corpus import source_photographs  # noqa: E402
-from pipeline.crawl.crawler import CrawlOptions  # noqa: E402
-from pipeline.crawl.stage import Network, Source, crawl  # noqa: E402
+from pipeline.stages.demo.corpus import source_photographs  # noqa: E402
+from pipeline.stages.crawl.crawler import CrawlOptions  # noqa: E402
+from pipeline.stages.crawl.stage import Network, Source, crawl  # noqa: E402
 from pipeline.imageio import encode_jpeg, read_image  # noqa: E402
 
 IMG2DATASET_VENV = ROOT / ".venv-img2dataset"

@@ -1,6 +1,6 @@
 """Near-duplicate lookups/s of the crawl's duplicate index at 10^5 and 10^6 kept photos.
 
-For each size the index (:class:`pipeline.crawl.dedupe.DuplicateIndex`) is
+For each size the index (:class:`pipeline.stages.crawl.dedupe.DuplicateIndex`) is
 filled with that many uniformly random 64-bit perceptual hashes, 1 in 50 of
 them planted 0 to 4 bits from an earlier one (a re-encoded photo the crawl kept
 under another user). Queries are the crawl's mix: mostly new photos (fresh
@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from pipeline.crawl.dedupe import NEAR_DUPLICATE_BITS, DuplicateIndex
+from pipeline.stages.crawl.dedupe import NEAR_DUPLICATE_BITS, DuplicateIndex
 
 SIZES = (100_000, 1_000_000)
 PLANTED_EVERY = 50

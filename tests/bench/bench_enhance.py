@@ -39,7 +39,7 @@ from model.networks import MSM, MSMConfig, normalize
 from model.pca import StylePCA
 from model.personalize import FULL_RESOLUTION, Personalizer, as_image_tensor, guided, network, residual
 from model.train import Step1Net
-from pipeline.corpus import sample_styles, source_photographs
+from pipeline.stages.demo.corpus import sample_styles, source_photographs
 from pipeline.imageio import read_image, shrink_to_max_side
 
 

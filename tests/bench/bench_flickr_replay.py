@@ -22,8 +22,8 @@ import requests
 from PIL import Image
 from skimage import data
 
-from pipeline.flickr_replay import ReplayServer
-from pipeline.replay_corpus import SIZES_BY_EXTRA
+from pipeline.replay.server import ReplayServer
+from pipeline.replay.corpus import SIZES_BY_EXTRA
 
 USER = "12345678@N01"
 PHOTOS = 120

@@ -22,9 +22,9 @@ import defusedxml.ElementTree as SafeElementTree
 import numpy as np
 from skimage import data
 
-from rules.develop import develop
-from rules.develop_math import linear_to_srgb, srgb_to_linear
-from rules.preset import builtin_presets
+from rules.develop.engine import develop
+from rules.develop.maths import linear_to_srgb, srgb_to_linear
+from rules.develop.preset import builtin_presets
 
 SIZE = 512
 REPEATS = 5

@@ -116,7 +116,7 @@ def dask_seconds(workers, sources, rules, root):
     """Wall time of the rules stage on a fresh local cluster of ``workers`` processes."""
     from manifests.workspace import Workspace
     from pipeline.cluster import dask_client
-    from pipeline.rules_stage import run_rules
+    from pipeline.stages.rules import run_rules
 
     with dask_client(None, workers) as client:
         started = time.perf_counter()
@@ -129,8 +129,8 @@ def dask_seconds(workers, sources, rules, root):
 def main():
     import tempfile
 
-    from pipeline.demo import prepare_originals
-    from pipeline.rules_stage import find_sources
+    from pipeline.stages.demo.run import prepare_originals
+    from pipeline.stages.rules import find_sources
 
     cv2.setNumThreads(1)
     image = benchmark_image()

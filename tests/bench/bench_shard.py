@@ -8,7 +8,7 @@
    with ``webdataset.ShardWriter`` (100 per shard) and hashes each finished
    shard for its index.
 3. ``pie shard`` (``run_shard``) in this one process without Dask: the cost
-   of its shard task alone (``pipeline.tar_writer`` instead of ``tarfile``).
+   of its shard task alone (``pipeline.stages.shard.tar_writer`` instead of ``tarfile``).
 4. ``pie shard`` on a two-worker local Dask cluster, started before the clock
    starts (its start-up is printed apart), 100 per shard.
    All write to /dev/shm where it exists: this machine's disk takes about
@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from manifests.workspace import Workspace  # noqa: E402
 from pipeline.cluster import dask_client  # noqa: E402
 from pipeline.imageio import encode_jpeg  # noqa: E402
-from pipeline.shard_plan import workspace_plan  # noqa: E402
-from pipeline.shard_stage import run_shard, sample_of  # noqa: E402
+from pipeline.stages.shard.plan import workspace_plan  # noqa: E402
+from pipeline.stages.shard.write import run_shard, sample_of  # noqa: E402
 from shard_fixtures import degrade_record, photo_record  # noqa: E402
 
 USERS, PHOTOS, PER_SHARD = 24, 100, 100

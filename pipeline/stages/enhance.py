@@ -24,7 +24,7 @@ from PIL import Image
 
 from manifests.files import PARTIAL_MARK, write_atomic
 
-from .imageio import (ImageError, _apply_orientation, decode_image, float_to_uint8, folder_images, images_by_stem,
+from ..imageio import (ImageError, _apply_orientation, decode_image, float_to_uint8, folder_images, images_by_stem,
                       read_image)
 
 log = logging.getLogger("pie.enhance")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from rules.preset_types import Preset, PresetError, check_size, make_preset
+from rules.develop.preset_types import Preset, PresetError, check_size, make_preset
 
 #: Deepest table nesting accepted; real presets nest about 6 levels (masks).
 MAX_DEPTH = 32

@@ -1,9 +1,9 @@
 """``pie shard``: the pairs of a workspace as user-grouped WebDataset tar shards, written on Dask.
 
-Each planned shard (:mod:`pipeline.shard_plan`) is one Dask task that reads
+Each planned shard (:mod:`pipeline.stages.shard.plan`) is one Dask task that reads
 its pairs from the workspace, checks both files against the SHA-256 of their
 records, and writes ``OUT/<split>-NNNNNN.tar`` with
-:class:`pipeline.tar_writer.TarStream` (the bytes ``webdataset.TarWriter``
+:class:`pipeline.stages.shard.tar_writer.TarStream` (the bytes ``webdataset.TarWriter``
 would write, at a fraction of the cost, hashed as they are written) under a
 hidden temporary name (``.<name>.part-<pid>-<id>``), renamed when complete.
 Tars are reproducible: members sorted within a sample, fixed mtime,
@@ -38,7 +38,7 @@ from manifests.files import PARTIAL_MARK
 from manifests.samples import SHARD_INDEX_SCHEMA, SHARD_SPLITS, image_extension
 from manifests.workspace import Workspace
 
-from .shard_plan import Pair, ShardPlan, Skipped
+from .plan import Pair, ShardPlan, Skipped
 from .tar_writer import TarStream
 
 log = logging.getLogger("pie.shard")

@@ -15,9 +15,9 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from rules.lrtemplate import read_lrtemplate
-from rules.preset_types import MAX_PRESET_BYTES, Preset, PresetError, slugify
-from rules.xmp import read_xmp
+from rules.develop.lrtemplate import read_lrtemplate
+from rules.develop.preset_types import MAX_PRESET_BYTES, Preset, PresetError, slugify
+from rules.develop.xmp import read_xmp
 
 __all__ = ["Preset", "PresetError", "builtin_presets", "load_preset", "load_preset_dir",
            "READERS"]

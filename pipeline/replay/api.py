@@ -3,7 +3,7 @@
 :class:`ReplayApi` answers the methods that the crawler of the Flickr
 pseudo-pair dataset (Kosugi & Yamasaki, "Personalized Image Enhancement
 Featuring Masked Style Modeling", IEEE TCSVT 2023, Sec. IV-A) and the
-``flickrapi`` client call, from a :class:`~pipeline.replay_corpus.ReplayCorpus`,
+``flickrapi`` client call, from a :class:`~pipeline.replay.corpus.ReplayCorpus`,
 with Flickr's documented JSON shapes, value types, error codes and paging
 (:func:`paginate`). :func:`encode_reply` turns a payload or an
 :class:`ApiError` into JSON, JSONP or ``<rsp>`` XML as the request asks.
@@ -22,7 +22,7 @@ from typing import Callable, Mapping, Sequence
 from urllib.parse import unquote
 
 from manifests.licenses import LICENSES
-from pipeline.replay_corpus import (
+from pipeline.replay.corpus import (
     DAY_FORMAT,
     SIZES,
     PhotoSize,

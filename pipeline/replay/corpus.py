@@ -1,6 +1,6 @@
 """The served-folder format of the Flickr replay server and its index.
 
-:class:`pipeline.flickr_replay.ReplayServer` serves a folder of photos as the
+:class:`pipeline.replay.server.ReplayServer` serves a folder of photos as the
 Flickr REST API and image host, so that the crawler of the Flickr pseudo-pair
 dataset (Kosugi & Yamasaki, "Personalized Image Enhancement Featuring Masked
 Style Modeling", IEEE TCSVT 2023, Sec. IV-A) runs without reaching Flickr.

@@ -1,7 +1,7 @@
 """The real ``flickrapi`` client with the API budget, retries and error classes.
 
 Every call goes through :meth:`FlickrClient.call`: it takes a token from the
-shared :class:`~pipeline.crawl.budget.ApiBudget`, asks Flickr (or any
+shared :class:`~pipeline.stages.crawl.budget.ApiBudget`, asks Flickr (or any
 Flickr-compatible REST endpoint set with ``api_url``) through
 ``flickrapi.FlickrAPI`` in ``parsed-json`` format, and sorts failures as
 notes/flickr.md section 2 prescribes:

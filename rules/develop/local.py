@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from rules.develop_math import (
+from rules.develop.maths import (
     apply_luminance_change,
     channel_min,
     guided_filter,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from rules.develop_math import luma, smoothstep
+from rules.develop.maths import luma, smoothstep
 
 #: Grain amplitude (standard deviation, encoded units) at GrainAmount 100.
 GRAIN_STRENGTH = 0.12

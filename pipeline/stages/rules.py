@@ -41,7 +41,7 @@ from manifests.records import utc_now
 from manifests.workspace import Workspace
 from rules.registry import Rule
 
-from .imageio import ImageError, decode_image, encode_png, float_to_uint8, shrink_to_max_side
+from ..imageio import ImageError, decode_image, encode_png, float_to_uint8, shrink_to_max_side
 
 log = logging.getLogger("pie.rules")
 

@@ -6,7 +6,7 @@ develop presets. Whatever format a preset comes in (XMP or ``.lrtemplate``),
 its settings end up as one flat ``{lightroom_key: value}`` mapping, which
 :meth:`DevelopSettings.from_mapping` turns into one frozen
 :class:`DevelopSettings` holding every control the develop engine
-(:func:`rules.develop.develop`) supports.
+(:func:`rules.develop.engine.develop`) supports.
 
 Key names, ranges and defaults follow Lightroom Classic's ``LrDevelopController``
 and the Camera Raw ``crs`` XMP namespace. A preset is partial: an absent key

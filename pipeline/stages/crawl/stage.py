@@ -90,7 +90,7 @@ def plan_text(workspace: Workspace, source: Source, options: CrawlOptions, netwo
 
 def crawl(workspace: Workspace, source: Source, options: CrawlOptions, network: Network, *,
           on_photo: Callable[[dict], None] | None = None) -> CrawlSummary:
-    """Run the crawl and return its summary (see :mod:`pipeline.crawl.crawler`)."""
+    """Run the crawl and return its summary (see :mod:`pipeline.stages.crawl.crawler`)."""
     client = None if source.offline else FlickrClient(
         network.api_key or "", network.api_secret or "",
         ApiBudget(workspace.api_budget_state(), calls_per_hour=network.calls_per_hour), api_url=network.api_url,

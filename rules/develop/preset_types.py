@@ -1,7 +1,7 @@
 """The preset record shared by the XMP and .lrtemplate readers.
 
 A :class:`Preset` is one named look: its normalised
-:class:`~rules.develop_settings.DevelopSettings`, the keys that were not
+:class:`~rules.develop.settings.DevelopSettings`, the keys that were not
 applied, and where it came from. Readers fail with :class:`PresetError`, a
 ``ValueError`` whose one-line message names the source and the problem.
 """
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePath
 
-from rules.develop_settings import DevelopSettings
+from rules.develop.settings import DevelopSettings
 
 #: Largest preset file read, bytes. Real presets are a few kB; ones carrying
 #: profile tables or masks reach a few hundred kB.
@@ -29,7 +29,7 @@ class PresetError(ValueError):
 
 @dataclass(frozen=True)
 class Preset:
-    """One develop preset, ready for :func:`rules.develop.develop`.
+    """One develop preset, ready for :func:`rules.develop.engine.develop`.
 
     Attributes
     ----------

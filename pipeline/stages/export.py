@@ -29,7 +29,7 @@ from pathlib import Path
 from manifests.files import PARTIAL_MARK, file_sha256
 from manifests.workspace import Workspace
 
-from .shard_plan import Pair, Skipped, collect_pairs
+from .shard.plan import Pair, Skipped, collect_pairs
 
 #: Layouts ``pie export`` can write.
 LAYOUTS = ("reference",)

@@ -2,7 +2,7 @@
 
 The fifteen preset pseudo-users of Kosugi & Yamasaki (IEEE TCSVT 2023) are
 FiveK originals developed with Lightroom presets. :func:`develop` applies a
-:class:`~rules.develop_settings.DevelopSettings` to a float32 sRGB picture
+:class:`~rules.develop.settings.DevelopSettings` to a float32 sRGB picture
 with open approximations of Camera Raw's controls, in Camera Raw's order:
 
 1. sRGB decode to linear light;
@@ -27,17 +27,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from rules.develop_color import (
+from rules.develop.color import (
     apply_color_grading,
     apply_hsl,
     apply_vibrance_saturation,
     to_grayscale,
 )
-from rules.develop_effects import apply_grain, apply_vignette
-from rules.develop_local import apply_dehaze, apply_detail
-from rules.develop_math import linear_to_srgb, srgb_to_linear
-from rules.develop_settings import IDENTITY_CURVE, DevelopSettings
-from rules.develop_tone import (
+from rules.develop.effects import apply_grain, apply_vignette
+from rules.develop.local import apply_dehaze, apply_detail
+from rules.develop.maths import linear_to_srgb, srgb_to_linear
+from rules.develop.settings import IDENTITY_CURVE, DevelopSettings
+from rules.develop.tone import (
     apply_basic_tone,
     apply_curve,
     apply_exposure,
@@ -54,7 +54,7 @@ def develop(image: np.ndarray, settings: DevelopSettings, *, seed: int = 0) -> n
     image : ndarray
         HxWx3 RGB, sRGB-encoded, float in [0, 1]. Not modified.
     settings : DevelopSettings
-        The controls to apply (see :mod:`rules.develop_settings`).
+        The controls to apply (see :mod:`rules.develop.settings`).
     seed : int
         Seed of the grain pattern; the output is a pure function of
         ``(image, settings, seed)``.

@@ -1,7 +1,7 @@
 """``pie demo``: every stage end to end on the bundled sample corpus.
 
-1. builds the sample corpus (:mod:`pipeline.corpus`) and serves it with
-   :class:`~pipeline.flickr_replay.ReplayServer` on 127.0.0.1 with a few faults;
+1. builds the sample corpus (:mod:`pipeline.stages.demo.corpus`) and serves it with
+   :class:`~pipeline.replay.server.ReplayServer` on 127.0.0.1 with a few faults;
 2. ``crawl``: the real ``flickrapi`` client against it (users given as NSIDs,
    usernames and profile URLs, one unknown user);
 3. ``rules``: the 25 pseudo-users on the sample photographs (standing in for
@@ -38,9 +38,9 @@ from manifests.audit import audit
 from manifests.jsonl import latest_by
 from manifests.workspace import Workspace
 
-from .console import progress
+from ...console import progress
 from .corpus import build_corpus, source_photographs
-from .imageio import encode_jpeg, encode_png, read_image, shrink_to_max_side
+from ...imageio import encode_jpeg, encode_png, read_image, shrink_to_max_side
 
 log = logging.getLogger("pie.demo")
 
@@ -79,11 +79,11 @@ def prepare_originals(folder: Path, max_side: int = 512) -> None:
 
 def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], None] = print) -> DemoResult:
     """Run the whole pipeline on the sample corpus inside ``workspace``."""
-    from .cluster import dask_client
-    from .crawl.crawler import CrawlOptions
-    from .crawl.stage import Network, Source, crawl
-    from .flickr_replay import ReplayServer
-    from .rules_stage import find_sources, run_rules
+    from ...cluster import dask_client
+    from ..crawl.crawler import CrawlOptions
+    from ..crawl.stage import Network, Source, crawl
+    from ...replay.server import ReplayServer
+    from ..rules import find_sources, run_rules
     from rules.registry import builtin_rules
 
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
@@ -119,7 +119,7 @@ def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], 
     from degrader.dsn import DSNConfig
     from degrader.train import TrainConfig, train
 
-    from .degrade_stage import rule_pairs, run_degrade
+    from ..degrade import rule_pairs, run_degrade
 
     pairs, valid, _ = rule_pairs(workspace, min_side=DEMO_CROP)
     config = TrainConfig(model=DSNConfig.tiny(), steps=DEMO_STEPS, batch_size=4, crop_size=DEMO_CROP,
@@ -137,8 +137,8 @@ def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], 
         say(run_degrade(workspace, workspace.degrader_checkpoint(), client_factory=lambda: dask_client(None, workers),
                         on_done=bar.update).line())
 
-    from .shard_plan import workspace_plan
-    from .shard_stage import run_shard
+    from ..shard.plan import workspace_plan
+    from ..shard.write import run_shard
 
     plans, skipped = workspace_plan(workspace, maxcount=DEMO_SHARD_SAMPLES)
     shard_summary = run_shard(workspace, plans, skipped, str(workspace.shards_dir()),
@@ -165,7 +165,7 @@ def train_demo_model(workspace: Workspace) -> str:
     from model.networks import MSMConfig
     from model.train import TrainConfig, train
 
-    from .train_stage import read_data
+    from ..train import read_data
 
     model = dataclasses.replace(MSMConfig.small(), image_size=64, embed_size=32)
     config = TrainConfig(model=model, step1_epochs=1, step2_epochs=DEMO_STEP2_EPOCHS, step1_batch_size=8,
@@ -187,7 +187,7 @@ def evaluate_demo_model(workspace: Workspace) -> tuple[str, str]:
     """
     from model.evaluation import Settings, format_table
 
-    from .evaluate_stage import run, write_reports
+    from ..evaluate import run, write_reports
 
     settings = Settings(num_preferred=(DEMO_PREFERRED,), draws=DEMO_DRAWS, size=DEMO_EVAL_SIZE, examples=3)
     outcome = run(workspace.root / "msm" / "model.pt", settings, shards=[str(workspace.shards_dir())],
@@ -207,7 +207,7 @@ def enhance_demo_photos(workspace: Workspace) -> tuple[str, list[tuple[Path, Pat
     """
     from model.personalize import Personalizer
 
-    from .enhance_stage import PairReader, output_path, run_enhance
+    from ..enhance import PairReader, output_path, run_enhance
 
     for nsid in workspace.crawled_users():
         latest = latest_by(workspace.flickr_manifest(nsid).read().records, "photo_id").values()

@@ -29,7 +29,7 @@ from manifests.files import file_sha256, write_atomic
 from manifests.jsonl import JsonlStore
 from model.evaluation import Settings, TestUser, UserResult, held, memory_loader
 
-from .imageio import ImageError, folder_images, images_by_stem, read_image
+from ..imageio import ImageError, folder_images, images_by_stem, read_image
 
 log = logging.getLogger("pie.evaluate")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rules.develop_math import (
+from rules.develop.maths import (
     REC709_LUMA,
     LookupTable,
     channel_max,

@@ -22,7 +22,7 @@ from xml.etree.ElementTree import Element
 import defusedxml.ElementTree as SafeElementTree
 from defusedxml import DefusedXmlException, DTDForbidden
 
-from rules.preset_types import Preset, PresetError, check_size, make_preset
+from rules.develop.preset_types import Preset, PresetError, check_size, make_preset
 
 CRS = "http://ns.adobe.com/camera-raw-settings/1.0/"
 RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"

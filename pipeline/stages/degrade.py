@@ -35,7 +35,7 @@ from manifests.files import file_sha256, remove_partials, write_atomic
 from manifests.jsonl import latest_by
 from manifests.workspace import Workspace
 
-from .imageio import ImageError, encode_jpeg, encode_png, read_image
+from ..imageio import ImageError, encode_jpeg, encode_png, read_image
 
 log = logging.getLogger("pie.degrade")
 
@@ -200,7 +200,7 @@ def degrade_jobs(root: str, checkpoint: str, jobs: list[DegradeJob], *, device: 
     Returns one result per job: ``{"user", "photo_id", "status", "reason", "degraded"}``.
     """
     if single_thread:
-        from .cluster import single_thread as pin_threads
+        from ..cluster import single_thread as pin_threads
 
         pin_threads()
     workspace = Workspace(Path(root))

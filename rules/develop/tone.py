@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from rules.develop_math import (
+from rules.develop.maths import (
     LookupTable,
     apply_luminance_change,
     linear_to_srgb,
@@ -216,7 +216,7 @@ def parametric_curve_points(shadows: float, darks: float, lights: float, highlig
     The four regions are [0, s1], [s1, s2], [s2, s3] and [s3, 1]. Each
     slider moves its centre point up or down by at most 0.45 of the distance
     to the nearest neighbouring point, so the points stay increasing and the
-    monotone cubic through them (:func:`rules.develop_math.monotone_curve`)
+    monotone cubic through them (:func:`rules.develop.maths.monotone_curve`)
     never inverts tones. A reconstruction of the slider behaviour, not
     Adobe's formula (unpublished).
     """

@@ -12,7 +12,7 @@ Served folder
 One sub-folder per user named by its NSID, holding the photos
 (``<photo_id>.jpg``/``.png``) with optional ``<photo_id>.json`` sidecars and a
 ``user.json``, plus an optional ``groups.json``. The format, its fields and
-the deterministic defaults are documented in :mod:`pipeline.replay_corpus`.
+the deterministic defaults are documented in :mod:`pipeline.replay.corpus`.
 
 Endpoints
 ---------
@@ -21,14 +21,14 @@ Endpoints
     are not verified) and GET query strings. ``format=json`` with
     ``nojsoncallback=1`` answers JSON, ``format=json`` alone JSONP
     (``jsonFlickrApi(...)``), ``format=rest`` or no format the ``<rsp>`` XML.
-    Methods: see :data:`pipeline.replay_api.ReplayApi.METHODS`.
+    Methods: see :data:`pipeline.replay.api.ReplayApi.METHODS`.
 ``/static/{server}/{id}_{secret}[_{suffix}].jpg`` and ``..._o.{format}``
     The image host. A size at least as large as the original serves the stored
     bytes; smaller ones are LANCZOS-resized JPEGs (quality 90), square sizes
     centre-cropped. A wrong secret or unknown photo is 404.
 
 Faults (HTTP errors, throttling, slow or cut replies, non-image bodies) are
-injected as described in :mod:`pipeline.replay_faults`.
+injected as described in :mod:`pipeline.replay.faults`.
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 from PIL import Image
 
 from manifests.ids import PHOTO_ID_PATTERN, SECRET_PATTERN, SERVER_PATTERN
-from pipeline.replay_api import ApiError, ReplayApi, encode_reply, int_argument
-from pipeline.replay_corpus import SIZES_BY_SUFFIX, PhotoSize, ReplayPhoto, load_corpus, served_dimensions
-from pipeline.replay_faults import (
+from pipeline.replay.api import ApiError, ReplayApi, encode_reply, int_argument
+from pipeline.replay.corpus import SIZES_BY_SUFFIX, PhotoSize, ReplayPhoto, load_corpus, served_dimensions
+from pipeline.replay.faults import (
     API_ERROR_MESSAGES,
     STATUS_KINDS,
     AttemptCounter,
@@ -185,7 +185,7 @@ class ReplayServer:
     Parameters
     ----------
     directory : str or Path
-        The served folder (layout in :mod:`pipeline.replay_corpus`); indexed once here.
+        The served folder (layout in :mod:`pipeline.replay.corpus`); indexed once here.
     host : str
         Loopback address to bind (``127.0.0.1``, ``::1``, ``localhost``).
     port : int

@@ -7,7 +7,7 @@ user gets a retouching style of its own (tone curve, white balance, saturation,
 vignette), and each of its photos is a seeded random crop of one of those
 photographs, flipped or not, scaled (by default to a longest edge of 700-960 px), then
 retouched in the user's style. The result is written in the folder format
-served by :mod:`pipeline.flickr_replay`.
+served by :mod:`pipeline.replay.server`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.crawl.splits import user_split
+from pipeline.stages.crawl.splits import user_split
 from pipeline.imageio import encode_jpeg, read_image
 
 SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg", "ihc.png",
