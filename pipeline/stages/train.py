@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from model.train import TrainConfig, TrainData
+if TYPE_CHECKING:
+    from model.train import TrainConfig, TrainData
 
 log = logging.getLogger("pie.train")
 
@@ -23,6 +25,8 @@ def preset_users() -> frozenset[str]:
 
 def read_data(shards: str) -> TrainData:
     """The shards under ``shards`` (a folder or URL holding ``index.json``), step 1 validated on the presets."""
+    from model.train import TrainData
+
     return TrainData.from_index(shards, preset_users())
 
 
