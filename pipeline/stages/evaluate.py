@@ -204,10 +204,12 @@ class _FolderPairs:
 
 
 def folder_user(name: str, originals: Path, retouched: Path, settings: Settings, embed_size: int,
-                test_count: int = 0) -> TestUser | None:
+                test_count: int = 0, test_stems: frozenset[str] | None = None) -> TestUser | None:
     """One test user from two folders matched by stem; None (named once) when nothing is usable.
 
-    With ``test_count`` K > 0 the last K pairs by stem are the fixed unseen
+    With ``test_stems`` the pairs of those stems are the fixed unseen set and
+    the rest the preferred pool (the split ``pie fivek`` records); else with
+    ``test_count`` K > 0 the last K pairs by stem are the fixed unseen
     set and the rest the preferred pool (MIT-Adobe FiveK: a0001-a4500 pool,
     a4501-a5000 test); with 0 every pair not in a draw is unseen. The pairs
     a run needs are decoded up front (the preferred ones kept at the
@@ -219,7 +221,10 @@ def folder_user(name: str, originals: Path, retouched: Path, settings: Settings,
     loader = _FolderPairs(pairs, settings.size)
     while True:
         keep = [i for i in range(len(pairs)) if i not in bad]
-        if test_count:
+        if test_stems is not None:
+            unseen = [i for i in keep if pairs[i][0] in test_stems]
+            pool = [i for i in keep if pairs[i][0] not in test_stems]
+        elif test_count:
             pool, unseen = keep[:-test_count] if len(keep) > test_count else [], keep[-test_count:]
         else:
             pool, unseen = keep, None
@@ -327,9 +332,13 @@ class Outcome:
 
 
 def run(checkpoint: Path, settings: Settings, *, shards: Sequence[str] = (),
-        pairs: Sequence[tuple[Path, Path]] = (), test_count: int = 0, device: str = "cpu",
+        pairs: Sequence[tuple[Path, Path]] = (), test_count: int = 0,
+        split_pairs: Sequence[tuple[str, Path, Path, frozenset[str]]] = (), device: str = "cpu",
         out: Path | None = None, default_out: Path, progress=None) -> Outcome:
     """Evaluate ``checkpoint`` on the users of ``shards`` and of each ``pairs`` folder pair, resuming in ``out``.
+
+    ``split_pairs`` are users ``(name, originals, retouched, test stems)`` whose
+    unseen set is fixed by stem (the FiveK experts of ``pie fivek``).
 
     ``progress(total)`` makes a progress bar (an object with ``update()`` and
     ``close()``). Raises ``ValueError`` (:class:`EvaluationError`,
@@ -350,6 +359,8 @@ def run(checkpoint: Path, settings: Settings, *, shards: Sequence[str] = (),
     data = [*shard_list, *(f"{name}={originals}|{retouched}" for name, (originals, retouched) in zip(names, pairs))]
     if test_count:
         data.append(f"test_count={test_count}")
+    data += [f"{name}={originals}|{retouched}|test={hashlib.sha256(' '.join(sorted(test)).encode()).hexdigest()[:16]}"
+             for name, originals, retouched, test in split_pairs]
     description = {"checkpoint": {"path": str(checkpoint), "sha256": checkpoint_digest(checkpoint)},
                    "settings": settings.to_dict(), "data": data}
     key = run_key(description["checkpoint"]["sha256"], settings, data)
@@ -364,8 +375,13 @@ def run(checkpoint: Path, settings: Settings, *, shards: Sequence[str] = (),
                 user = folder_user(name, originals, retouched, settings, model.config.embed_size, test_count)
                 if user is not None:
                     yield user
+        for name, originals, retouched, test in split_pairs:
+            if name not in done:
+                user = folder_user(name, originals, retouched, settings, model.config.embed_size, test_stems=test)
+                if user is not None:
+                    yield user
 
-    total = None if shard_users_count is None else shard_users_count + len(pairs) - len(done)
+    total = None if shard_users_count is None else shard_users_count + len(pairs) + len(split_pairs) - len(done)
     bar = progress(total) if progress else None
     evaluated = 0
     try:
