@@ -193,11 +193,12 @@ def read_image(path: Path, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     return decode_image(data, str(path), max_pixels=max_pixels)
 
 
-def encode_png(pixels: np.ndarray) -> bytes:
-    """Lossless PNG bytes of an HxWx3 uint8 or uint16 RGB array."""
+def encode_png(pixels: np.ndarray, compression: int = 3) -> bytes:
+    """Lossless PNG bytes of an HxWx3 uint8 or uint16 RGB array (zlib ``compression`` level 0-9)."""
     import cv2
 
-    ok, buffer = cv2.imencode(".png", np.ascontiguousarray(pixels[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    ok, buffer = cv2.imencode(".png", np.ascontiguousarray(pixels[:, :, ::-1]),
+                              [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
     if not ok:
         raise ImageError("PNG encoding failed")
     return buffer.tobytes()

@@ -5,19 +5,26 @@ orientation applied, converted to RGB, shrunk to ``--max-side``, rounded to
 8 bits) in ``ROOT/fivek/<name>.png`` with one record per image in
 ``ROOT/manifests/fivek.jsonl``: the source file's path, size, mtime and SHA-256,
 ``max_side``, and the PNG's size and SHA-256. It is redone only when the PNG is
-missing, ``max_side`` changed, or the source's bytes changed (size and mtime
-first, then its SHA-256, so a touched but identical file is not redone).
+missing or no longer has the recorded size and SHA-256, ``max_side`` changed,
+or the source's bytes changed (size and mtime first, then its SHA-256, so a
+touched but identical file is not redone).
 
-Phase 2 applies each rule to the pixels of that PNG and writes
-``ROOT/rules/<RULE>/<name>.png`` (8-bit, lossless) with one record per output in
+Phase 2 runs one task per image: it reads and decodes that PNG once, applies
+every pending rule to its pixels and writes ``ROOT/rules/<RULE>/<name>.png``
+(8-bit, lossless, zlib level 1) with one record per output in
 ``ROOT/manifests/rules/<RULE>.jsonl``: the source and its SHA-256, the prepared
 original it read (``input_file``, ``input_sha256``, ``input_bytes``), the rule,
-its kind and parameters, the output's size and SHA-256. A pair is skipped when
-its latest record is ``ok``, its output is present with the recorded size, and
-it was made with the same parameters and ``max_side`` from the current prepared
-original, so reruns are idempotent and a killed run resumes. A record written
-before prepared originals were kept is upgraded instead (input fields added,
-output kept) when its source SHA-256 is unchanged. A source that cannot be
+its kind and parameters, the output's size and SHA-256. A pair is done when
+its latest record is ``ok``, was made with the same parameters and
+``max_side`` from the current prepared original (``input_sha256`` equal to
+that PNG's SHA-256), and its output file still has the recorded size and
+SHA-256; anything else is redone, so a replaced original or an output
+corrupted at the same size is made again, reruns are idempotent and a killed
+run resumes. A record written before prepared originals were kept is upgraded
+instead (input fields added, output kept) when its source SHA-256 is unchanged
+and its output is intact. A rule that raises gives a ``failed`` record for
+that image and rule only; a task that takes its worker down is retried rule
+by rule, so only the pair that killed it fails. A source that cannot be
 decoded gets ``failed`` records with a one-line reason and the stage goes on.
 """
 
@@ -42,12 +49,18 @@ from manifests.workspace import Workspace
 from rules.registry import Rule
 
 from ..imageio import ImageError, decode_image, encode_png, float_to_uint8, shrink_to_max_side
+from .fivek.decode import decode_original
+from .fivek.layout import source_files
 
 log = logging.getLogger("pie.rules")
 
 RULE_SCHEMA = "pie.rule-output/1"
 PREPARED_SCHEMA = "pie.prepared-original/1"
-SOURCE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+SOURCE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".dng")
+
+#: zlib level of the PNGs the stage writes: level 1 encodes a 512 x 341 rule output about a quarter
+#: faster than level 3 for about 2% more bytes (tests/bench/bench_rules.py).
+PNG_COMPRESSION = 1
 
 
 class RulesInputError(ValueError):
@@ -73,7 +86,7 @@ def find_sources(folder: Path, names_file: Path | None = None) -> tuple[list[Sou
         raise RulesInputError(f"{folder}: not a folder")
     problems: list[str] = []
     found: dict[str, SourceImage] = {}
-    for path in sorted(folder.iterdir()):
+    for path in source_files(folder):
         if path.suffix.lower() not in SOURCE_SUFFIXES or not path.is_file():
             continue
         if not ids.RULE_NAME_PATTERN.fullmatch(path.stem):
@@ -103,12 +116,13 @@ MAX_RULE_PIXELS = 40_000_000
 def prepared_pixels(data: bytes, source: str, max_side: int | None) -> np.ndarray:
     """uint8 RGB ``H x W x 3`` of an original's file bytes, as the rules see it.
 
-    Decoded with EXIF orientation applied and any mode converted to RGB, shrunk
+    Decoded with EXIF orientation applied and any mode converted to RGB (a DNG
+    developed, an ICC-tagged file converted to sRGB: :mod:`.fivek.decode`), shrunk
     in float (area filter) so the longest side is at most ``max_side`` pixels
     (``None``: full size), then rounded to 8 bits. Raises ImageError, also
     for an original of more than :data:`MAX_RULE_PIXELS` after shrinking.
     """
-    pixels = float_to_uint8(shrink_to_max_side(decode_image(data, source).as_float(), max_side))
+    pixels = float_to_uint8(shrink_to_max_side(decode_original(data, source).pixels, max_side))
     if pixels.shape[0] * pixels.shape[1] > MAX_RULE_PIXELS:
         raise ImageError(f"{source}: {pixels.shape[1]}x{pixels.shape[0]} is more than the rules take "
                          f"({MAX_RULE_PIXELS / 1e6:.0f} MP); give --max-side")
@@ -154,7 +168,7 @@ def prepare_original(root: str, source: SourceImage, max_side: int | None) -> di
         record.update(source_sha256=hashlib.sha256(data).hexdigest(), source_bytes=len(data),
                       source_mtime_ns=mtime_ns)
         pixels = prepared_pixels(data, str(path), max_side)
-        png = encode_png(pixels)
+        png = encode_png(pixels, PNG_COMPRESSION)
     except (ImageError, OSError) as exc:
         record.update(status="failed", reason=str(exc).splitlines()[0], file=None)
     else:
@@ -163,6 +177,14 @@ def prepare_original(root: str, source: SourceImage, max_side: int | None) -> di
                       sha256=hashlib.sha256(png).hexdigest())
     record["created_at"] = utc_now()
     return record
+
+
+def _prepare_one(root: str, source: SourceImage, max_side: int | None) -> list[dict]:
+    return [prepare_original(root, source, max_side)]
+
+
+def _failed_original_list(root: str, source: SourceImage, max_side: int | None, reason: str) -> list[dict]:
+    return [failed_original(root, source, max_side, reason)]
 
 
 def rule_record(prepared: dict, rule: Rule, **fields) -> dict:
@@ -175,29 +197,52 @@ def rule_record(prepared: dict, rule: Rule, **fields) -> dict:
             "created_at": None, **fields}
 
 
-def run_pair(root: str, prepared: dict, rule: Rule) -> dict:
-    """Apply one rule to the PNG of an ``ok`` prepared record and write the output (a Dask task; no shared state)."""
+def run_image(root: str, prepared: dict, rules: list[Rule]) -> list[dict]:
+    """Apply ``rules`` to the PNG of an ``ok`` prepared record and write their outputs (a Dask task).
+
+    The PNG is read, hashed and decoded once; each rule's output is encoded
+    and written on its own, and a rule that raises gives a ``failed`` record
+    for that rule only. Returns one record per rule, in order. No shared state.
+    """
     workspace = Workspace(Path(root))
-    output = workspace.rule_output(rule.name, prepared["name"])
-    record = rule_record(prepared, rule, file=workspace.relative(output))
     started = time.perf_counter()
     try:
         path = workspace.resolve_relative(prepared["file"])
         data = path.read_bytes()
-        record.update(input_sha256=hashlib.sha256(data).hexdigest(), input_bytes=len(data))
-        pixels = float_to_uint8(rule(decode_image(data, str(path)).as_float()))
-        png = encode_png(pixels)
-    except (ImageError, OSError) as exc:
-        record.update(status="failed", reason=str(exc).splitlines()[0], file=None)
-    except Exception as exc:  # a rule that fails on one image must not stop the stage
-        record.update(status="failed", reason=f"{rule.name} failed: {exc.__class__.__name__}: {exc}"[:300],
-                      file=None)
-    else:
-        write_atomic(output, png)
-        record.update(width=int(pixels.shape[1]), height=int(pixels.shape[0]), bytes=len(png),
-                      sha256=hashlib.sha256(png).hexdigest())
-    record.update(seconds=round(time.perf_counter() - started, 4), created_at=utc_now())
-    return record
+        pixels = decode_image(data, str(path)).as_float()
+    except (ImageError, OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0]
+        seconds = round(time.perf_counter() - started, 4)
+        return [rule_record(prepared, rule, status="failed", reason=reason, seconds=seconds, created_at=utc_now())
+                for rule in rules]
+    pixels.setflags(write=False)  # shared by the rules: one that writes into its input fails alone
+    read = {"input_sha256": hashlib.sha256(data).hexdigest(), "input_bytes": len(data)}
+    shared = time.perf_counter() - started  # reading and decoding, shared by the rules
+    records = []
+    for rule in rules:
+        started = time.perf_counter()
+        output = workspace.rule_output(rule.name, prepared["name"])
+        record = rule_record(prepared, rule, file=workspace.relative(output), **read)
+        try:
+            result = float_to_uint8(rule(pixels))
+            png = encode_png(result, PNG_COMPRESSION)
+            write_atomic(output, png)
+        except (ImageError, OSError) as exc:
+            record.update(status="failed", reason=str(exc).splitlines()[0], file=None)
+        except Exception as exc:  # a rule that fails on one image must not stop the stage
+            record.update(status="failed", reason=f"{rule.name} failed: {exc.__class__.__name__}: {exc}"[:300],
+                          file=None)
+        else:
+            record.update(width=int(result.shape[1]), height=int(result.shape[0]), bytes=len(png),
+                          sha256=hashlib.sha256(png).hexdigest())
+        record.update(seconds=round(time.perf_counter() - started + shared / len(rules), 4), created_at=utc_now())
+        records.append(record)
+    return records
+
+
+def run_pair(root: str, prepared: dict, rule: Rule) -> dict:
+    """Apply one rule to the PNG of an ``ok`` prepared record and write the output (:func:`run_image` of one)."""
+    return run_image(root, prepared, [rule])[0]
 
 
 @dataclass
@@ -222,7 +267,7 @@ def pending_originals(workspace: Workspace, sources: list[SourceImage],
     """Sources to prepare, the up-to-date prepared records of the others by name, and records to append.
 
     A prepared original is up to date when its latest record is ``ok`` with the
-    same ``max_side``, its PNG has the recorded size, and the source still holds
+    same ``max_side``, its PNG has the recorded size and SHA-256, and the source still holds
     the bytes it was made from. The records to append are those of sources
     touched or moved without change: the new path and mtime, so the source is
     not hashed again next time.
@@ -230,12 +275,7 @@ def pending_originals(workspace: Workspace, sources: list[SourceImage],
     latest = latest_by(workspace.prepared_manifest().read().records, "name")
     to_prepare, current, refreshed = [], {}, []
     for source in sources:
-        record = latest.get(source.name)
-        if record and record.get("status") == "ok" and record.get("max_side") == max_side \
-                and _file_present(workspace, record):
-            record = _unchanged_source(Path(source.path).absolute(), record)
-        else:
-            record = None
+        record = prepared_up_to_date(workspace, latest.get(source.name), Path(source.path).absolute(), max_side)
         if record is None:
             to_prepare.append(source)
             continue
@@ -245,8 +285,18 @@ def pending_originals(workspace: Workspace, sources: list[SourceImage],
     return to_prepare, current, refreshed
 
 
-def _unchanged_source(path: Path, record: dict) -> dict | None:
-    """``record`` (path and mtime brought up to date) if ``path`` holds the bytes it was made from, else None."""
+def prepared_up_to_date(workspace: Workspace, record: dict | None, path: Path,
+                        max_side: int | None) -> dict | None:
+    """``record`` (source path and mtime brought up to date) if its PNG and its source are as it says, else None.
+
+    Up to date: status ``ok``, the same ``max_side``, the PNG of the recorded
+    size and SHA-256, and the source at ``path`` of the recorded size and
+    mtime or, failing that, of the recorded SHA-256 (a touched but identical
+    file). Shared by ``pie rules`` and ``pie fivek``.
+    """
+    if not record or record.get("status") != "ok" or record.get("max_side") != max_side \
+            or not _file_intact(workspace, record):
+        return None
     try:
         stat = path.stat()
         if stat.st_size != record.get("source_bytes"):
@@ -264,10 +314,14 @@ def pending_pairs(workspace: Workspace, prepared: dict[str, dict], rules: dict[s
                   max_side: int | None) -> tuple[list[tuple[dict, Rule]], list[dict], int]:
     """Pairs of the prepared originals still to do, upgraded copies of old records, and how many are done.
 
-    ``prepared`` holds the current ``ok`` prepared record of each image. An
-    ``ok`` record without ``input_sha256`` (written before prepared originals
-    were kept) whose output is otherwise up to date and whose source SHA-256 is
-    that of the prepared original is upgraded, not recomputed.
+    ``prepared`` holds the current ``ok`` prepared record of each image. A pair
+    is done when its latest record is ``ok`` with the rule's parameters and
+    ``max_side``, its ``input_sha256`` is the prepared original's SHA-256, and
+    its output file has the recorded size and SHA-256 (hashing an output costs
+    well under a millisecond per 512-px image, next to seconds for the rules).
+    An ``ok`` record without ``input_sha256`` (written before prepared
+    originals were kept) whose output is otherwise intact and whose source
+    SHA-256 is that of the prepared original is upgraded, not recomputed.
     """
     pending, upgraded, done = [], [], 0
     for rule in rules.values():
@@ -275,11 +329,13 @@ def pending_pairs(workspace: Workspace, prepared: dict[str, dict], rules: dict[s
         for name, original in prepared.items():
             record = latest.get(name)
             if not (record and record.get("status") == "ok" and record.get("max_side") == max_side
-                    and record.get("parameters") == rule.parameters and _file_present(workspace, record)):
+                    and record.get("parameters") == rule.parameters
+                    and record.get("input_sha256") in (original["sha256"], None)
+                    and _file_intact(workspace, record)):
                 pending.append((original, rule))
             elif record.get("input_sha256") == original["sha256"]:
                 done += 1
-            elif record.get("input_sha256") is None and record.get("source_sha256") == original["source_sha256"]:
+            elif record.get("source_sha256") == original["source_sha256"]:
                 upgraded.append({**record, "input_file": original["file"], "input_sha256": original["sha256"],
                                  "input_bytes": original["bytes"]})
             else:
@@ -287,9 +343,11 @@ def pending_pairs(workspace: Workspace, prepared: dict[str, dict], rules: dict[s
     return pending, upgraded, done
 
 
-def _file_present(workspace: Workspace, record: dict) -> bool:
+def _file_intact(workspace: Workspace, record: dict) -> bool:
+    """Whether the file of ``record`` has its recorded size and SHA-256 (size first: no read when it differs)."""
     try:
-        return workspace.resolve_relative(record["file"]).stat().st_size == record["bytes"]
+        path = workspace.resolve_relative(record["file"])
+        return path.stat().st_size == record["bytes"] and file_sha256(path) == record["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -313,31 +371,74 @@ class _Appender:
         self.buffered.clear()
 
 
-def _run_tasks(client, tasks: list[tuple[str, Callable, tuple, Callable[[str], dict]]],
-               on_result: Callable[[dict], None]) -> None:
-    """Run ``(key, function, args, failed)`` tasks on ``client``, calling ``on_result`` as each result arrives.
+@dataclass(frozen=True)
+class _Task:
+    """One Dask task: ``function(*args)`` returns a list of records; ``failed(reason)`` stands in for them.
+
+    ``split`` gives smaller tasks doing the same work, tried one by one when
+    this one takes its worker down, or nothing when it cannot be split.
+    """
+
+    key: str
+    function: Callable[..., list[dict]]
+    args: tuple
+    failed: Callable[[str], list[dict]]
+    split: Callable[[], list["_Task"]] = lambda: []
+
+
+def _run_tasks(client, tasks: list[_Task], on_result: Callable[[dict], None]) -> None:
+    """Run ``tasks`` on ``client``, calling ``on_result`` with each record as results arrive.
 
     A task that raises or takes its worker down (out of memory, say: Dask
-    gives up on it with ``KilledWorker``) gives ``failed(reason)``, a failed
-    record, instead of ending the stage.
+    gives up on it with ``KilledWorker``) is run again as its ``split``
+    tasks, one at a time so that a part which kills its worker takes no
+    other part with it; one that cannot be split gives its ``failed``
+    records instead of ending the stage.
     """
     from distributed import as_completed
 
     if not tasks:
         return
-    futures = {client.submit(function, *args, pure=False, key=f"{key}-{time.monotonic_ns()}"): failed
-               for key, function, args, failed in tasks}
+    submitted: dict = {}  # future -> (its task, the parts to run after it)
+
+    def submit(task: _Task, after: list[_Task]):
+        future = client.submit(task.function, *task.args, pure=False, key=f"{task.key}-{time.monotonic_ns()}")
+        submitted[future] = (task, after)
+        return future
+
+    running = as_completed([submit(task, []) for task in tasks])
     try:
-        for future in as_completed(list(futures)):
+        for future in running:
+            task, after = submitted.pop(future)
             try:
-                result = future.result()
-            except Exception as exc:  # the worker died or the task raised: that image fails, the rest go on
-                result = futures[future](f"task failed: {exc.__class__.__name__}: {exc}".splitlines()[0][:300])
+                records = future.result()
+            except Exception as exc:  # the worker died or the task raised: that work fails, the rest go on
+                parts = task.split()
+                if parts:
+                    after = parts + after
+                    records = []
+                else:
+                    records = task.failed(f"task failed: {exc.__class__.__name__}: {exc}".splitlines()[0][:300])
             future.release()
-            on_result(result)
+            if after:
+                running.add(submit(after[0], after[1:]))
+            for record in records:
+                on_result(record)
     finally:
-        for future in futures:
+        for future in submitted:
             future.cancel()
+
+
+def _image_task(root: str, original: dict, rules: list[Rule]) -> _Task:
+    """The task applying ``rules`` to one prepared original; it splits into one task per rule."""
+    def failed(reason: str) -> list[dict]:
+        return [failed_pair(original, rule, reason) for rule in rules]
+
+    def split() -> list[_Task]:
+        return [_image_task(root, original, [rule]) for rule in rules] if len(rules) > 1 else []
+
+    names = rules[0].name if len(rules) == 1 else f"{len(rules)}-rules"
+    return _Task(f"rules-{names}-{original['name']}", run_image, (root, original, rules), failed, split)
 
 
 def run_rules(workspace: Workspace, sources: list[SourceImage], rules: dict[str, Rule], *, client,
@@ -345,9 +446,10 @@ def run_rules(workspace: Workspace, sources: list[SourceImage], rules: dict[str,
               flush_every: int = 64) -> RulesSummary:
     """Prepare the originals, then run every pending (original, rule) pair on the Dask ``client``.
 
-    Records are appended in the driver as results arrive; ``on_done`` is called
-    with every rule record written for a pair (not with upgraded ones).
-    Temporaries that a killed run left in ``fivek/`` and ``rules/`` are
+    The pending pairs of one image make one task (:func:`run_image`), so
+    the image is read and decoded once for all its rules. Records are
+    appended in the driver as results arrive; ``on_done`` is called with
+    every rule record written for a pair (not with upgraded ones). Temporaries that a killed run left in ``fivek/`` and ``rules/`` are
     removed first.
     """
     started = time.monotonic()
@@ -380,17 +482,19 @@ def run_rules(workspace: Workspace, sources: list[SourceImage], rules: dict[str,
                                   created_at=utc_now()))
 
     try:
-        _run_tasks(client, [(f"prepare-{source.name}", prepare_original, (root, source, max_side),
-                             functools.partial(failed_original, root, source, max_side))
+        _run_tasks(client, [_Task(f"prepare-{source.name}", _prepare_one, (root, source, max_side),
+                                  functools.partial(_failed_original_list, root, source, max_side))
                             for source in to_prepare], original_done)
         appender.flush()
         pending, upgraded, summary.skipped = pending_pairs(workspace, prepared, rules, max_side)
         for record in upgraded:
             appender.add(workspace.rules_manifest(record["rule"]), record)
         summary.upgraded = len(upgraded)
-        _run_tasks(client, [(f"rule-{rule.name}-{original['name']}", run_pair, (root, original, rule),
-                             functools.partial(failed_pair, original, rule))
-                            for original, rule in pending], pair_done)
+        by_image: dict[str, tuple[dict, list[Rule]]] = {}
+        for original, rule in pending:
+            by_image.setdefault(original["name"], (original, []))[1].append(rule)
+        _run_tasks(client, [_image_task(root, original, image_rules) for original, image_rules in by_image.values()],
+                   pair_done)
     finally:
         appender.flush()
     summary.seconds = time.monotonic() - started

@@ -17,6 +17,7 @@ from rules.develop.maths import (
     channel_max,
     channel_mean,
     channel_min,
+    compress_to_gamut,
     luma,
     smoothstep,
 )
@@ -146,7 +147,11 @@ def apply_vibrance_saturation(rgb: np.ndarray, vibrance: float, saturation: floa
     ``f = 1 + v (1 - S) p`` where ``S = (max - min) / max`` is the HSV
     saturation, so dull colours move most (darktable's vibrance idea), and
     ``p = 1 - 0.5 exp(-(d / 25 deg)^2)`` halves a positive vibrance on skin hues
-    ``d`` degrees from 25 deg (RapidRAW's skin protection).
+    ``d`` degrees from 25 deg (RapidRAW's skin protection). Chroma pushed
+    past the RGB cube is shortened toward luma
+    (:func:`rules.develop.maths.compress_to_gamut`) rather than clipped
+    channel by channel, which would shift hue and flatten detail in
+    saturated areas.
     """
     y = luma(rgb)[..., None]
     factor = np.float32(1.0 + saturation / 100.0)
@@ -159,7 +164,8 @@ def apply_vibrance_saturation(rgb: np.ndarray, vibrance: float, saturation: floa
             distance = (hue - SKIN_HUE + 180.0) % 360.0 - 180.0
             protect = 1.0 - 0.5 * np.exp(-((distance / SKIN_WIDTH) ** 2))
         factor = factor * (1.0 + v * (1.0 - hsv_saturation) * protect)[..., None]
-    return (y + factor * (rgb - y)).astype(np.float32)
+    chroma = rgb - y
+    return compress_to_gamut(y, factor * chroma, chroma)
 
 
 def to_grayscale(rgb: np.ndarray, gray_mixer) -> np.ndarray:

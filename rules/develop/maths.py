@@ -178,3 +178,62 @@ def apply_luminance_change(linear: np.ndarray, old: np.ndarray, new: np.ndarray)
     """
     ratio = np.divide(new, old, out=np.ones_like(old), where=old > 1e-6)
     return (linear * ratio[..., None]).astype(np.float32)
+
+
+#: Share of the room to the gamut boundary that chroma may use before it is compressed.
+GAMUT_KNEE = 0.8
+
+
+def gamut_extent(y: np.ndarray, chroma: np.ndarray) -> np.ndarray:
+    """How far chroma reaches from grey ``y`` toward the RGB cube's boundary (HxWx1; 1 on it).
+
+    The largest of ``c / (1 - y)`` over positive channel offsets ``c`` and
+    ``-c / y`` over negative ones; above 1 a channel is outside [0, 1].
+    """
+    room_up = np.maximum(np.float32(1.0) - y[..., 0], np.float32(1e-6))
+    room_down = np.maximum(y[..., 0], np.float32(1e-6))
+    return np.maximum(channel_max(chroma) / room_up, -channel_min(chroma) / room_down)[..., None]
+
+
+def compress_to_gamut(y: np.ndarray, chroma: np.ndarray, before: np.ndarray,
+                      knee: float = GAMUT_KNEE) -> np.ndarray:
+    """``y + chroma`` with the chroma shortened toward ``y`` so no channel newly reaches 0 or 1.
+
+    Parameters
+    ----------
+    y : ndarray
+        HxWx1 luma in [0, 1], float32; kept.
+    chroma : ndarray
+        HxWx3 offsets of the channels from ``y`` after a saturation change.
+    before : ndarray
+        HxWx3 offsets before the change; chroma is never compressed below
+        the extent it had then.
+    knee : float
+        Extent (:func:`gamut_extent`), 0 < knee < 1, below which chroma is
+        unchanged.
+
+    Returns
+    -------
+    ndarray
+        HxWx3 float32. Hue and luma are kept; only the length of the chroma
+        changes, so an over-saturated colour keeps its hue instead of having
+        one channel clipped on its own.
+
+    Notes
+    -----
+    A pixel's extent ``e`` above its own knee ``k = min(max(knee, e0), 0.999)``
+    (``e0``: its extent before the change) is mapped by the shoulder
+    ``k + (1 - k) u / (1 + u)``, ``u = (e - k) / (1 - k)``, which has slope 1 at
+    the knee and tends to 1 without reaching it; the chroma is scaled by
+    the ratio of the new extent to the old. So a saturation increase
+    never makes a colour duller than it was, and never pushes a channel
+    out of [0, 1]. This is the distance-based compression of the ACES
+    Reference Gamut Compression (Academy of Motion Picture Arts and Sciences,
+    2021) with luma as the neutral axis and the RGB cube as the gamut.
+    """
+    extent = gamut_extent(y, chroma)
+    start = np.clip(gamut_extent(y, before), np.float32(knee), np.float32(0.999))
+    u = np.maximum(extent - start, np.float32(0.0)) / (np.float32(1.0) - start)
+    compressed = start + (np.float32(1.0) - start) * u / (np.float32(1.0) + u)
+    scale = np.where(extent > start, compressed / np.maximum(extent, np.float32(1e-6)), np.float32(1.0))
+    return (y + chroma * scale).astype(np.float32)

@@ -104,14 +104,60 @@ def apply_white_balance(linear: np.ndarray, temperature: float, tint: float) -> 
     return cv2.transform(linear, matrix)
 
 
+#: Linear-light level, as a fraction of white, above which positive exposure is rolled off.
+EXPOSURE_KNEE = 0.8
+
+
+def highlight_shoulder(linear: np.ndarray, white: float, knee: float = EXPOSURE_KNEE) -> np.ndarray:
+    """Compress linear values in ``[knee, white]`` smoothly onto ``[knee, 1]``.
+
+    Parameters
+    ----------
+    linear : ndarray
+        Linear-light values, float32; ``white`` (> 1) is the level that must
+        land on 1.
+    white : float
+        Linear level that becomes 1 (``2**stops`` for a picture's white
+        after ``+stops`` of exposure).
+    knee : float
+        Start of the shoulder, 0 < knee < 1; values below are unchanged.
+
+    Returns
+    -------
+    ndarray
+        float32; continuous with a continuous first derivative at the knee,
+        increasing, and ``white`` maps to exactly 1, so a picture's white stays
+        white while nothing below it reaches 1.
+
+    Notes
+    -----
+    With ``u = (x - knee) / (white - knee)`` and ``a = (white - knee) / (1 - knee)``
+    (the slope the curve must start with), the shoulder is
+    ``knee + (1 - knee) a u / (1 + (a - 1) u)``: the rational shoulder of
+    Reinhard et al., "Photographic Tone Reproduction for Digital Images",
+    SIGGRAPH 2002, fitted between the knee and white. Camera Raw's exposure
+    likewise compresses highlights instead of hard-clipping them.
+    """
+    slope = (white - knee) / (1.0 - knee)
+    u = np.maximum(linear - np.float32(knee), 0.0) * np.float32(1.0 / (white - knee))
+    shoulder = knee + (1.0 - knee) * slope * u / (1.0 + (slope - 1.0) * u)
+    return np.where(linear > knee, shoulder, linear).astype(np.float32)
+
+
 def apply_exposure(linear: np.ndarray, stops: float) -> np.ndarray:
-    """Multiply linear light by ``2**stops`` (``Exposure2012``, EV).
+    """Multiply linear light by ``2**stops`` (``Exposure2012``, EV), rolling off highlights.
 
     As in darktable's exposure module and Hu et al., "Exposure: A White-Box
-    Photo Post-Processing Framework", ACM TOG 2018 (filters.py). Values above
-    1 are kept so the Highlights slider can still recover them.
+    Photo Post-Processing Framework", ACM TOG 2018 (filters.py). A positive
+    exposure then passes through :func:`highlight_shoulder` above 0.8 of
+    white, so the input's white stays white and the tones below it are
+    compressed instead of clipped; values already above white (after white
+    balance) stay above 1 for the Highlights slider to recover.
     """
-    return (linear * np.float32(2.0**stops)).astype(np.float32)
+    gained = (linear * np.float32(2.0**stops)).astype(np.float32)
+    if stops <= 0:
+        return gained
+    return highlight_shoulder(gained, float(2.0**stops))
 
 
 def _contrast_curve(t: np.ndarray, contrast: float) -> np.ndarray:

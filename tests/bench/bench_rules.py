@@ -13,10 +13,17 @@
 3. Times ``rules.jiep.jiep`` with its conjugate-gradient solves beside the
    same method with every linear system solved exactly (sparse LU), and
    prints both times, their ratio and the PSNR between the two outputs.
-4. Runs the ``pie rules`` stage (all 25 rules on eight 512-px originals) on a
-   local Dask cluster with one worker, then with two, and prints the speed-up.
+4. Encodes the 25 outputs of one image as PNG at zlib levels 1, 2 and 3
+   (level 3 was the stage's setting before level 1) and prints time and size
+   per output against level 3, and the time to hash a written output (what
+   deciding that a pair is done costs) against running the rules.
+5. Runs the ``pie rules`` work (all 25 rules on ``--images`` originals of at
+   most ``--side`` px, preparing them included) in this process, then as the
+   stage on a local Dask cluster with one worker and with two, and prints
+   seconds per image and per worker with the ratio to in-process (target:
+   at most 1.3).
 
-Run: ``python tests/bench/bench_rules.py``.
+Run: ``python tests/bench/bench_rules.py [--images 8] [--side 512]``.
 """
 
 import os
@@ -113,12 +120,13 @@ def psnr(first, second):
 
 
 def dask_seconds(workers, sources, rules, root):
-    """Wall time of the rules stage on a fresh local cluster of ``workers`` processes."""
+    """Wall time of the rules stage on a fresh local cluster of ``workers`` processes (startup excluded)."""
     from manifests.workspace import Workspace
     from pipeline.cluster import dask_client
     from pipeline.stages.rules import run_rules
 
     with dask_client(None, workers) as client:
+        client.wait_for_workers(workers)
         started = time.perf_counter()
         summary = run_rules(Workspace(root), sources, rules, client=client)
         elapsed = time.perf_counter() - started
@@ -126,11 +134,62 @@ def dask_seconds(workers, sources, rules, root):
     return elapsed
 
 
+def in_process_seconds(sources, rules, root):
+    """Wall time of the same work as the stage's tasks (prepare, then every rule on each image) in this process."""
+    from pipeline.stages.rules import prepare_original, run_image
+
+    started = time.perf_counter()
+    for source in sources:
+        prepared = prepare_original(str(root), source, None)
+        records = run_image(str(root), prepared, list(rules.values()))
+        assert all(record["status"] == "ok" for record in records)
+    return time.perf_counter() - started
+
+
+def png_levels(rules, image, levels=(1, 2, 3), repeats=5):
+    """Milliseconds (best of ``repeats``, levels interleaved) and mean bytes of each rule's output as PNG per level."""
+    from pipeline.imageio import encode_png, float_to_uint8
+
+    outputs = [float_to_uint8(rule(image)) for rule in rules.values()]
+    best = {level: [float("inf")] * len(outputs) for level in levels}
+    sizes = {level: [] for level in levels}
+    for index, pixels in enumerate(outputs):
+        for _ in range(repeats):
+            for level in levels:  # interleaved, so a load change on the machine hits every level alike
+                start = time.perf_counter()
+                encode_png(pixels, level)
+                best[level][index] = min(best[level][index], time.perf_counter() - start)
+        for level in levels:
+            sizes[level].append(len(encode_png(pixels, level)))
+    return {level: (1000.0 * float(np.mean(best[level])), float(np.mean(sizes[level]))) for level in levels}, outputs
+
+
+def hash_milliseconds(outputs, folder):
+    """Median milliseconds to SHA-256 one written level-1 output file, as the done-ness check does."""
+    from manifests.files import file_sha256
+    from pipeline.imageio import encode_png
+
+    path = Path(folder) / "output.png"
+    times = []
+    for pixels in outputs:
+        path.write_bytes(encode_png(pixels, 1))
+        start = time.perf_counter()
+        file_sha256(path)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times))
+
+
 def main():
+    import argparse
     import tempfile
 
     from pipeline.stages.demo.run import prepare_originals
     from pipeline.stages.rules import find_sources
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=8, help="originals for the stage comparison")
+    parser.add_argument("--side", type=int, default=512, help="longest side of those originals, px")
+    args = parser.parse_args()
 
     cv2.setNumThreads(1)
     image = benchmark_image()
@@ -161,15 +220,33 @@ def main():
     print(f"LU / PCG time: {exact / iterative:.1f} x, PSNR between outputs: "
           f"{psnr(jiep(image), exact_output):.1f} dB")
 
+    levels, outputs = png_levels(rules, image)
+    base_ms, base_bytes = levels[3]
+    for level, (milliseconds, size) in levels.items():
+        print(f"PNG zlib level {level}: {milliseconds:6.2f} ms, {size / 1024:6.0f} KiB per output "
+              f"({milliseconds / base_ms:.2f} x the time, {size / base_bytes:.3f} x the bytes of level 3)")
+    with tempfile.TemporaryDirectory(prefix="pie-bench-hash-") as folder:
+        hashing = hash_milliseconds(outputs, folder)
+    print(f"SHA-256 of one written output: {hashing:.2f} ms; all 25 of an image {25 * hashing:.1f} ms "
+          f"against {total:.0f} ms to run the rules ({25 * hashing / total:.4f} x)")
+
     with tempfile.TemporaryDirectory(prefix="pie-bench-rules-") as folder:
         originals = Path(folder) / "originals"
-        prepare_originals(originals, max_side=512)
-        sources = find_sources(originals)[0][:8]
+        prepare_originals(originals, max_side=args.side)
+        sources = find_sources(originals)[0][:args.images]
+        local = in_process_seconds(sources, rules, Path(folder) / "local")
         one = dask_seconds(1, sources, rules, Path(folder) / "one")
         two = dask_seconds(2, sources, rules, Path(folder) / "two")
-    pairs = len(sources) * len(rules)
-    print(f"pie rules stage, {pairs} (image, rule) tasks: 1 worker {one:.1f} s ({pairs / one:.2f} tasks/s), "
-          f"2 workers {two:.1f} s ({pairs / two:.2f} tasks/s); speed-up {one / two:.2f} x on {os.cpu_count()} cores")
+    count = len(sources)
+    print(f"pie rules, {count} originals <= {args.side} px x {len(rules)} rules "
+          f"({count * len(rules)} outputs), seconds per image per worker:")
+    print(f"  in-process         {local / count:6.2f} s")
+    for workers, elapsed in ((1, one), (2, two)):
+        per_worker = elapsed * workers / count
+        print(f"  {workers} Dask worker{'s' if workers > 1 else ' '}     {per_worker:6.2f} s "
+              f"({elapsed / count:.2f} s per image), {per_worker / (local / count):.2f} x in-process "
+              f"(target <= 1.3)")
+    print(f"  speed-up 2 workers / 1: {one / two:.2f} x on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":
