@@ -7,6 +7,7 @@ outside it (DESIGN.md, "The data flow").
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,11 +29,16 @@ class Workspace:
         object.__setattr__(self, "root", Path(self.root).expanduser().resolve())
 
     def inside(self, path: Path) -> Path:
-        """Return ``path`` resolved, or raise if it is not below the root."""
-        resolved = Path(path).resolve()
-        if resolved != self.root and self.root not in resolved.parents:
+        """Return ``path`` resolved, or raise if it is not below the root.
+
+        Symbolic links are followed (one ``lstat`` per component), so a link
+        planted inside the workspace cannot lead out of it.
+        """
+        resolved = os.path.realpath(path)
+        root = str(self.root)
+        if resolved != root and not resolved.startswith(root.rstrip(os.sep) + os.sep):
             raise OutsideWorkspaceError(f"{path} is outside the workspace {self.root}")
-        return resolved
+        return Path(resolved)
 
     def relative(self, path: Path) -> str:
         """``path`` relative to the root, as stored in records (POSIX separators)."""
@@ -45,6 +51,15 @@ class Workspace:
     # Flickr crawl -------------------------------------------------------------------------
     def flickr_photo(self, nsid: str, photo_id: str, suffix: str = ".jpg") -> Path:
         return self.inside(self.root / "flickr" / ids.check_nsid(nsid) / (ids.check_photo_id(photo_id) + suffix))
+
+    def flickr_user_folder(self, nsid: str) -> Path:
+        """``ROOT/flickr/<nsid>``, resolved and checked once, for callers that place many photos in it.
+
+        A photo path is then ``folder / (ids.check_photo_id(photo_id) + ".jpg")``:
+        a validated id has no separator, so the join needs no further check
+        (about 1 us against about 30 us for :meth:`flickr_photo`).
+        """
+        return self.inside(self.root / "flickr" / ids.check_nsid(nsid))
 
     def flickr_manifest_dir(self) -> Path:
         return self.root / "manifests" / "flickr"
@@ -82,6 +97,15 @@ class Workspace:
     def prepared_manifest(self) -> JsonlStore:
         """Prepared-original records, one per image (latest by ``name`` wins)."""
         return JsonlStore(self.root / "manifests" / "fivek.jsonl")
+
+    def fivek_expert(self, expert: str, name: str) -> Path:
+        """FiveK expert ``expert``'s version of original ``name``: ``ROOT/fivek/experts/<X>/<name>.png``."""
+        return self.inside(self.root / "fivek" / "experts" / ids.check_rule_name(expert)
+                           / f"{ids.check_rule_name(name)}.png")
+
+    def fivek_experts_manifest(self) -> JsonlStore:
+        """Records of the FiveK experts' prepared versions (latest by ``key``, ``<X>/<name>``, wins)."""
+        return JsonlStore(self.root / "manifests" / "fivek-experts.jsonl")
 
     def rule_output(self, rule: str, name: str) -> Path:
         return self.inside(self.root / "rules" / ids.check_rule_name(rule) / f"{ids.check_rule_name(name)}.png")

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from click.testing import CliRunner
 
@@ -56,15 +57,22 @@ def final_state(root: Path) -> dict[tuple[str, str], tuple]:
     return state
 
 
+def check_processes(processes: list[psutil.Process]) -> int:
+    """How many of ``processes`` are pool workers (multiprocessing also starts a resource tracker)."""
+    return sum("spawn_main" in " ".join(process.cmdline()) for process in processes)
+
+
 def all_text(root: Path) -> str:
     return "".join(path.read_bytes().decode("latin-1") for path in root.rglob("*") if path.is_file())
 
 
-def test_crawl_with_faults_completes_and_audits_clean(corpus, tmp_path):
+@pytest.mark.parametrize("check_workers", ["0", "2"])
+def test_crawl_with_faults_completes_and_audits_clean(corpus, tmp_path, check_workers):
     folder, nsids = corpus
     faults = "api:500=0.1,api:429=0.1,api:105=0.1,api:malformed=0.05,img:500=0.1,img:429=0.05,img:truncate=0.1,img:html=0.05"
     with ReplayServer(folder, api_key=KEY, faults=faults, seed=1) as server:
-        result = CliRunner().invoke(cli, crawl_args(server, tmp_path / "ws", users_file(tmp_path, nsids)))
+        result = CliRunner().invoke(cli, crawl_args(server, tmp_path / "ws", users_file(tmp_path, nsids),
+                                                    "--check-workers", check_workers))
         assert server.stats["faults"], "the faults were injected"
     assert result.exit_code == 0, result.output
     workspace = Workspace(tmp_path / "ws")
@@ -91,7 +99,7 @@ def test_summary_line_and_secret_never_printed(corpus, tmp_path):
 
 def test_usernames_urls_and_missing_users(corpus, tmp_path):
     folder, nsids = corpus
-    lines = ["sample-user-00", f"https://www.flickr.com/photos/sample01/", "424242@N01", nsids[2]]
+    lines = ["sample-user-00", "https://www.flickr.com/photos/sample01/", "424242@N01", nsids[2]]
     with ReplayServer(folder, api_key=KEY) as server:
         result = CliRunner().invoke(cli, crawl_args(server, tmp_path / "ws", users_file(tmp_path, lines)))
     assert result.exit_code == 1  # one of the four users asked for does not exist
@@ -261,18 +269,21 @@ def test_kill_minus_nine_then_resume_equals_a_straight_run(corpus, tmp_path):
         killed = tmp_path / "killed"
         env = {**os.environ, "NO_PROXY": "127.0.0.1"}
         process = subprocess.Popen([sys.executable, "-m", "pipeline", *crawl_args(server, killed, users),
-                                    "--concurrency", "2"], env=env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+                                    "--concurrency", "2", "--check-workers", "2"], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             manifests = list((killed / "manifests" / "flickr").glob("*.jsonl")) if killed.exists() else []
             if sum(len(p.read_bytes().splitlines()) for p in manifests) >= 8:
                 break
             time.sleep(0.02)
+        checkers = psutil.Process(process.pid).children(recursive=True)
+        assert check_processes(checkers) == 2
         process.send_signal(signal.SIGKILL)
         process.wait()
         interrupted = final_state(killed)
         assert 0 < sum(1 for status, *_ in interrupted.values() if status == "ok") < 24
+        assert not psutil.wait_procs(checkers, timeout=10)[1]  # none left behind
 
         result = CliRunner().invoke(cli, crawl_args(server, killed, users))
     assert result.exit_code == 0, result.output
@@ -341,3 +352,52 @@ def test_failed_downloads_and_an_empty_user_file_exit_1_and_a_rerun_finishes(cor
                                capture_output=True, text=True, timeout=300)
     assert empty.returncode == 1 and "users.txt: no users" in empty.stderr
     assert len(empty.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_stops_the_crawl_and_its_check_processes_and_a_rerun_finishes(corpus, tmp_path):
+    folder, nsids = corpus
+    users = users_file(tmp_path, nsids)
+    pie = str(Path(sys.executable).with_name("pie"))
+    with ReplayServer(folder, api_key=KEY, faults="img:slow=0.5,slow_seconds=0.3", seed=5) as server:
+        root = tmp_path / "ws"
+        process = subprocess.Popen([pie, *crawl_args(server, root, users), "--concurrency", "2",
+                                    "--check-workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   text=True, env={**os.environ, "NO_PROXY": "127.0.0.1"}, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list(root.glob("flickr/*/*.jpg")):
+            time.sleep(0.02)
+        checkers = psutil.Process(process.pid).children(recursive=True)
+        assert check_processes(checkers) == 2
+        os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: the whole process group
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130, stderr
+        assert "Traceback" not in stderr
+        assert not psutil.wait_procs(checkers, timeout=5)[1]
+        result = CliRunner().invoke(cli, crawl_args(server, root, users))
+    assert result.exit_code == 0, result.output
+    assert audit(Workspace(root)).ok
+    assert not [path for path in root.rglob("*") if ".part-" in path.name]
+
+
+def test_a_check_process_that_dies_stops_the_crawl_with_one_line_and_a_rerun_finishes(corpus, tmp_path):
+    folder, nsids = corpus
+    users = users_file(tmp_path, nsids)
+    pie = str(Path(sys.executable).with_name("pie"))
+    with ReplayServer(folder, api_key=KEY, faults="img:slow=0.5,slow_seconds=0.3", seed=6) as server:
+        root = tmp_path / "ws"
+        process = subprocess.Popen([pie, *crawl_args(server, root, users), "--concurrency", "2",
+                                    "--check-workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   text=True, env={**os.environ, "NO_PROXY": "127.0.0.1"})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list(root.glob("flickr/*/*.jpg")):
+            time.sleep(0.02)
+        checker, = [child for child in psutil.Process(process.pid).children(recursive=True)
+                    if "spawn_main" in " ".join(child.cmdline())]
+        checker.kill()  # as the kernel's out-of-memory killer would
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 1
+        assert stderr.strip().splitlines() == ["Error: a process checking downloaded images died (out of memory?); "
+                                               "rerun the same command to resume"]
+        result = CliRunner().invoke(cli, crawl_args(server, root, users))
+    assert result.exit_code == 0, result.output
+    assert audit(Workspace(root)).ok

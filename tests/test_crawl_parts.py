@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -212,3 +213,139 @@ def test_audit_of_a_missing_or_empty_workspace_fails(tmp_path):
     empty = subprocess.run([pie, "--root", str(tmp_path / "empty"), "audit"], capture_output=True, text=True,
                            timeout=120)
     assert empty.returncode == 1 and "no manifest" in empty.stderr
+
+
+# Checking downloads in worker processes -------------------------------------------------------------
+
+
+def _jpeg(seed: int, size: tuple[int, int] = (300, 200)) -> bytes:
+    from pipeline.imageio import encode_jpeg
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (size[1] // 20, size[0] // 20, 3), dtype=np.uint8)
+    return encode_jpeg(np.kron(coarse, np.ones((20, 20, 1), dtype=np.uint8)), quality=90)
+
+
+def test_pool_checks_equal_in_thread_checks_and_write_the_temporary(tmp_path):
+    from manifests.files import PARTIAL_MARK
+    from pipeline.imageio import decode_image
+    from pipeline.stages.crawl.imagecheck import CheckPool, check_image
+
+    bodies = [_jpeg(seed) for seed in range(4)] + [b"<html>busy</html>", _jpeg(9, size=(120, 80))]
+    in_thread = [check_image(body, f"u{index}", 100) for index, body in enumerate(bodies)]
+    with CheckPool(2) as pool:
+        pooled = [pool.check(body, f"u{index}", 100, tmp_path / f"{index}.jpg") for index, body in enumerate(bodies)]
+    assert [c.status for c in pooled] == ["ok"] * 4 + ["not-an-image", "too-small"]
+    for body, mine, theirs in zip(bodies, in_thread, pooled):
+        assert (mine.sha256, mine.phash, mine.width, mine.height, mine.reason) == \
+               (theirs.sha256, theirs.phash, theirs.width, theirs.height, theirs.reason)
+        if theirs.status == "ok":
+            assert theirs.phash == perceptual_hash(decode_image(body).as_uint8())
+            assert PARTIAL_MARK in theirs.temporary.name and theirs.temporary.read_bytes() == body
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(c.temporary.name for c in pooled[:4])
+    assert len({c.phash for c in pooled[:4]}) == 4
+
+
+def test_a_failed_temporary_write_names_the_target(tmp_path):
+    from pipeline.stages.crawl.imagecheck import CheckPool
+
+    with CheckPool(1) as pool, pytest.raises(OSError, match="nowhere/1.jpg"):
+        pool.check(_jpeg(1), "u", 100, tmp_path / "nowhere" / "1.jpg")
+
+
+_POOL_CHILD = """
+import sys, time
+from pipeline.stages.crawl.imagecheck import CheckPool
+pool = CheckPool(2)
+pool.check(open(sys.argv[1], "rb").read(), "u", 100)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_check_processes_exit_when_the_crawl_is_killed(tmp_path):
+    import psutil
+
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(_jpeg(2))
+    parent = subprocess.Popen([sys.executable, "-c", _POOL_CHILD, str(photo)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "ready"
+        workers = [child for child in psutil.Process(parent.pid).children(recursive=True)
+                   if "spawn_main" in " ".join(child.cmdline())]
+        assert len(workers) == 2
+    finally:
+        parent.kill()
+        parent.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive
+
+
+def test_user_folder_is_checked_once_and_links_out_of_the_workspace_are_refused(tmp_path):
+    from manifests.ids import InvalidIdError
+    from manifests.workspace import OutsideWorkspaceError, Workspace
+
+    workspace = Workspace(tmp_path / "ws")
+    folder = workspace.flickr_user_folder("12@N01")
+    assert folder == workspace.flickr_photo("12@N01", "34").parent == workspace.root / "flickr" / "12@N01"
+    with pytest.raises(InvalidIdError):
+        workspace.flickr_user_folder("../12@N01")
+    (workspace.root / "flickr").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (workspace.root / "flickr" / "13@N01").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OutsideWorkspaceError):
+        workspace.flickr_user_folder("13@N01")
+    with pytest.raises(OutsideWorkspaceError):
+        workspace.flickr_photo("13@N01", "1")
+    assert workspace.relative(folder / "34.jpg") == "flickr/12@N01/34.jpg"
+    assert Workspace(Path("/")).inside(tmp_path) == tmp_path.resolve()
+
+
+def test_jpeg_fast_path_agrees_with_a_full_decode():
+    """Size, orientation and rejections as decode_image; the pHash of the 1/8-scale decode near the full one's."""
+    from PIL import Image
+    from skimage import data
+
+    from pipeline.imageio import decode_image, encode_jpeg, encode_png
+    from pipeline.stages.crawl.dedupe import NEAR_DUPLICATE_BITS
+    from pipeline.stages.crawl.imagecheck import _reduced_jpeg, check_image
+
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        body = encode_jpeg(getattr(data, name)(), quality=85)
+        checked, full = check_image(body, name, 100), decode_image(body)
+        assert _reduced_jpeg(body) is not None
+        assert (checked.width, checked.height) == (full.width, full.height)
+        assert (checked.phash ^ perceptual_hash(full.as_uint8())).bit_count() <= NEAR_DUPLICATE_BITS
+
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+    Image.fromarray(data.coffee()).save(buffer, "JPEG", exif=exif, quality=90)
+    rotated = buffer.getvalue()
+    checked, full = check_image(rotated, "r", 100), decode_image(rotated)
+    assert (checked.width, checked.height) == (full.width, full.height) == (400, 600)
+    assert (checked.phash ^ perceptual_hash(full.as_uint8())).bit_count() <= NEAR_DUPLICATE_BITS
+
+    cut = rotated[: len(rotated) // 2]
+    assert _reduced_jpeg(cut) is None
+    with pytest.raises(Exception) as error:
+        decode_image(cut, "cut")
+    assert check_image(cut, "cut", 100).reason == str(error.value).split(": ", 1)[-1]
+    png = encode_png(data.coffee())
+    assert _reduced_jpeg(png) is None and check_image(png, "p", 100).phash == perceptual_hash(data.coffee())
+    assert check_image(encode_jpeg(data.coffee()[:90]), "s", 100).status == "too-small"
+
+
+def test_downloads_honour_proxy_settings(monkeypatch):
+    import urllib3
+
+    from pipeline.stages.crawl.download import Downloader
+
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("no_proxy", "mirror.example")
+    with Downloader(concurrency=1) as downloader:
+        _, proxied = downloader._slot_and_manager("http://live.staticflickr.com/1/2_ab_z.jpg")
+        _, direct = downloader._slot_and_manager("http://mirror.example/1/2_ab_z.jpg")
+        again = downloader._slot_and_manager("http://live.staticflickr.com/1/3_ab_z.jpg")[1]
+    assert isinstance(proxied, urllib3.ProxyManager) and proxied.proxy.port == 9 and again is proxied
+    assert not isinstance(direct, urllib3.ProxyManager)

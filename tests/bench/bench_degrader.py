@@ -16,13 +16,24 @@ about 3.2 TMAC per 640x427 image, so on the CPU it is timed at a smaller size
 (``--paper-cpu-size``, default 160x107) and the 640x427 rate is scaled from it
 by pixel count; every line says which device and size gave it.
 
-Usage: ``python tests/bench/bench_degrader.py [--batch 4] [--peak-tflops 989]``
+Then ``pie degrade`` itself (:func:`pipeline.stages.degrade.run_degrade`) on a
+workspace of ``--stage-photos`` crawled 640x427 JPEGs with a ``--stage-config``
+DSN (tiny by default): in-process on the CPU (torch's own threads, all cores),
+then on a local Dask cluster of 1 and of 2 one-thread workers. Each line gives
+images/s for the whole run (cluster start included) and after the first batch
+is back, the cluster's rate against in-process, also per worker, and for 2
+workers the scaling from 1.
+
+Usage: ``python tests/bench/bench_degrader.py [--batch 4] [--peak-tflops 989] [--stage-photos 32]``
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +44,13 @@ from skimage import data
 
 from degrader.dsn import DSN, DSNConfig, macs_per_pixel
 from degrader.infer import degrade_batch
+from degrader.train import CHECKPOINT_FORMAT, save_checkpoint
+from manifests.licenses import lookup
+from manifests.records import PHOTO_SCHEMA
+from manifests.workspace import Workspace
+from pipeline.cluster import dask_client
+from pipeline.imageio import encode_jpeg
+from pipeline.stages.degrade import run_degrade
 
 FLICKR_SIZE = (640, 427)  # width, height of a landscape Flickr "url_z" photo
 # Dense bfloat16 tensor-core peaks in TFLOPS (2 FLOPs per multiply-accumulate);
@@ -115,6 +133,69 @@ def measure(label: str, config: DSNConfig, size: tuple[int, int], count: int, ba
     print(line, flush=True)
 
 
+def crawled_workspace(root: Path, count: int) -> Workspace:
+    """A workspace holding ``count`` crawled 640x427 JPEGs of one user, with their photo records."""
+    workspace = Workspace(root)
+    nsid = "48600000@N01"
+    records = []
+    for index, pixels in enumerate(photos(FLICKR_SIZE, count)):
+        photo_id = str(1000 + index)
+        path = workspace.flickr_photo(nsid, photo_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = encode_jpeg(np.roll(pixels, index, axis=1))
+        path.write_bytes(payload)
+        records.append({
+            "schema": PHOTO_SCHEMA, "user": nsid, "photo_id": photo_id, "secret": "ab", "server": "1", "size": "z",
+            "url": f"https://live.staticflickr.com/1/{photo_id}_ab_z.jpg", "page_url": "https://www.flickr.com/",
+            "license": lookup("4").as_record(), "owner_name": "", "title": "", "date_taken": None,
+            "file": workspace.relative(path), "width": FLICKR_SIZE[0], "height": FLICKR_SIZE[1],
+            "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest(), "status": "ok", "reason": None,
+            "attempts": 1, "fetched_at": "2026-01-01T00:00:00+00:00", "split": "train"})
+    workspace.flickr_manifest(nsid).append(records)
+    return workspace
+
+
+def degrade_run(folder: Path, checkpoint: Path, count: int, batch: int, workers: int | None) -> tuple[float, float]:
+    """``run_degrade`` on a fresh workspace: images/s overall and after the first batch came back."""
+    workspace = crawled_workspace(folder, count)
+    factory = None if workers is None else (lambda: dask_client(workers=workers))
+    stamps: list[tuple[float, int]] = []
+    started = time.perf_counter()
+    summary = run_degrade(workspace, checkpoint, client_factory=factory, batch_size=batch,
+                          on_done=lambda done: stamps.append((time.perf_counter(), done)))
+    elapsed = time.perf_counter() - started
+    assert summary.statuses["ok"] == count, summary.line()
+    after_first = sum(done for _, done in stamps[1:]) / (stamps[-1][0] - stamps[0][0]) if len(stamps) > 1 else 0.0
+    return count / elapsed, after_first
+
+
+def measure_stage(config_name: str, count: int, batch: int) -> None:
+    """``pie degrade`` in-process against local Dask clusters of 1 and 2 workers, same photos and model."""
+    folder = Path(tempfile.mkdtemp(prefix="pie-bench-degrade-"))
+    try:
+        torch.manual_seed(0)
+        config = getattr(DSNConfig, config_name)()
+        checkpoint = folder / "dsn.pt"
+        save_checkpoint(checkpoint, {"format": CHECKPOINT_FORMAT, "config": {"model": config.to_dict()},
+                                     "model": DSN(config).state_dict()})
+        baseline, baseline_steady = degrade_run(folder / "in-process", checkpoint, count, batch, None)
+        print(f"[cpu, {torch.get_num_threads()} torch threads] pie degrade, {config_name} config, {count} photos of "
+              f"640x427, batches of {batch}: in-process {baseline:.2f} img/s ({baseline_steady:.2f} after the "
+              f"first batch)", flush=True)
+        single = None
+        for workers in (1, 2):
+            rate, steady = degrade_run(folder / f"dask-{workers}", checkpoint, count, batch, workers)
+            scaling = "" if single is None else (f"; {steady / single:.2f}x one worker after the first batch "
+                                                 f"({steady / single / workers:.2f} per worker)")
+            single = single or steady
+            print(f"  local Dask cluster, {workers} one-thread worker{'s' if workers > 1 else ''}: {rate:.2f} img/s "
+                  f"({steady:.2f} after the first batch) = {rate / baseline:.2f}x in-process "
+                  f"({steady / baseline_steady:.2f}x after the first batch, "
+                  f"{steady / baseline_steady / workers:.2f}x per worker){scaling}", flush=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=4, help="images per degrade_batch call (default 4)")
@@ -124,6 +205,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu-images", type=int, default=16, help="images per GPU measurement (default 16)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the GPU's dense bf16 peak in TFLOPS, if not in the built-in table")
+    parser.add_argument("--stage-photos", type=int, default=32, help="photos for the pie degrade runs (default 32)")
+    parser.add_argument("--stage-config", default="tiny", choices=("tiny", "small", "paper"),
+                        help="DSN configuration of the pie degrade runs (default tiny)")
+    parser.add_argument("--stage-batch", type=int, default=4, help="photos per degrade task (default 4)")
     args = parser.parse_args(argv)
     paper_cpu_size = tuple(int(side) for side in args.paper_cpu_size.lower().split("x"))
 
@@ -142,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
             measure(label, config, FLICKR_SIZE, args.gpu_images, args.batch, gpu, peak)
     else:
         print("CUDA not available: no GPU figures")
+    measure_stage(args.stage_config, args.stage_photos, args.stage_batch)
 
 
 if __name__ == "__main__":

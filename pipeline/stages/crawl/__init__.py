@@ -3,7 +3,8 @@
 Modules, one job each: :mod:`.budget` (the shared API token bucket),
 :mod:`.api` (the ``flickrapi`` client with retries), :mod:`.listing` (photo
 entries of API replies into validated candidates), :mod:`.users` (user lists,
-published crawl lists, discovery), :mod:`.download` (concurrent fetches and
-validation), :mod:`.dedupe` (exact and perceptual duplicates), :mod:`.splits`
+published crawl lists, discovery), :mod:`.download` (concurrent fetches),
+:mod:`.imagecheck` (decoding, hashing and temporary files, in worker
+processes), :mod:`.dedupe` (exact and perceptual duplicates), :mod:`.splits`
 (train / valid / valid_ref) and :mod:`.crawler` (the stage itself).
 """

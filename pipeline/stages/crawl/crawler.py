@@ -9,9 +9,12 @@ Flow (one process; downloads on a thread pool):
    :class:`UserPlan` to the main thread.
 2. The main thread keeps a window of downloads in flight and *commits* their
    results strictly in submission order: duplicate check, atomic file write
-   (temporary name, then rename), record. Committing in a fixed order makes the
-   outcome independent of network timing, so a crawl killed at any point and
-   rerun ends in the same state as one that ran straight through.
+   (the download's worker already wrote the body under a temporary name beside
+   its path; the commit renames it), record. Committing in a fixed order makes
+   the outcome independent of network timing, so a crawl killed at any point
+   and rerun ends in the same state as one that ran straight through. The
+   commit does no decoding, hashing or path resolution: each user's folder is
+   resolved once, and photo paths are joined from validated ids.
 3. A user is finalised once it has ``per_user`` kept photos or no candidates
    left: a valid user's reference photos get their split, and a user record is
    appended to ``ROOT/manifests/flickr-users.jsonl``.
@@ -27,12 +30,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import queue
 import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from manifests import ids
@@ -232,6 +238,8 @@ class _UserState:
     split: str
     latest: dict[str, dict]
     ok: set[str]
+    #: ``ROOT/flickr/<nsid>``, resolved and checked once.
+    folder: Path
     next_candidate: int = 0
     in_flight: int = 0
 
@@ -251,6 +259,7 @@ class Crawler:
         self._pending: dict[str, list[dict]] = {}
         self._pending_count = 0
         self._index_existing()
+        remove_partials(workspace.root / "flickr")  # left by a killed run
 
     # Existing state ---------------------------------------------------------------------------
     def _index_existing(self) -> None:
@@ -272,8 +281,9 @@ class Crawler:
         for photo_id, record in latest.items():
             if record.get("status") == "ok" and self._file_matches(record):
                 ok.add(photo_id)
-        remove_partials(self.workspace.root / "flickr" / plan.nsid)  # left by a killed run
-        return _UserState(plan, splits.user_split(plan.nsid, self.options.valid_fraction), latest, ok)
+        folder = self.workspace.flickr_user_folder(plan.nsid)
+        folder.mkdir(parents=True, exist_ok=True)
+        return _UserState(plan, splits.user_split(plan.nsid, self.options.valid_fraction), latest, ok, folder)
 
     def _file_matches(self, record: dict) -> bool:
         try:
@@ -320,12 +330,14 @@ class Crawler:
         status, reason, file = fetched.status, fetched.reason, None
         if status == "ok":
             duplicate = self.index.find(key, fetched.sha256, fetched.phash)
+            name = f"{candidate.photo_id}.jpg"  # a validated id (candidate_from_entry / candidate_from_url)
             if duplicate is not None:
                 status, reason = "rejected", duplicate
+                if fetched.temporary is not None:
+                    fetched.temporary.unlink(missing_ok=True)
             else:
-                path = self.workspace.flickr_photo(candidate.user, candidate.photo_id)
-                write_atomic(path, fetched.data)
-                file = self.workspace.relative(path)
+                os.replace(fetched.temporary, state.folder / name)
+                file = f"flickr/{state.plan.nsid}/{name}"
                 self.index.add(key, fetched.sha256, fetched.phash)
                 state.ok.add(candidate.photo_id)
                 self.summary.bytes += len(fetched.data)
@@ -356,7 +368,8 @@ class Crawler:
         self.flush()
         self.workspace.flickr_users_manifest().append([{
             "schema": USER_SCHEMA, "user": nsid, "status": "complete" if complete else "short",
-            "photos_ok": len(state.ok), "candidates": len(state.plan.candidates), "split": state.split,
+            "photos_ok": len(state.ok), "per_user": self.options.per_user,
+            "candidates": len(state.plan.candidates), "split": state.split,
             "unverified_licences": sum(state.latest[photo_id].get("license", {}).get("id") == UNVERIFIED.id
                                        for photo_id in state.ok),
             "source": state.plan.source, "updated_at": utc_now(),
@@ -390,7 +403,12 @@ class Crawler:
                     break
                 state, candidate, future = window.popleft()
                 state.in_flight -= 1
-                self._commit(state, candidate, future.result())
+                try:
+                    fetched = future.result()
+                except BrokenProcessPool:
+                    raise CrawlAborted("a process checking downloaded images died (out of memory?); rerun the "
+                                       "same command to resume") from None
+                self._commit(state, candidate, fetched)
                 if self._wants_more(state):
                     if not any(other is state for other in active):  # a failure after its last submission: it needs a replacement
                         active.appendleft(state)
@@ -398,7 +416,9 @@ class Crawler:
                     self._finalise(state)
         finally:
             for _, _, future in window:
-                future.cancel()
+                if not future.cancel() and future.done() and future.exception() is None \
+                        and future.result().temporary is not None:
+                    future.result().temporary.unlink(missing_ok=True)
             self.flush()
             self.summary.seconds = time.monotonic() - started
             if self.client is not None:
@@ -433,7 +453,8 @@ class Crawler:
             if previous is not None and previous.get("status") == "rejected":
                 continue
             state.in_flight += 1
-            future = self.downloader.submit(rewrite_for_mirror(candidate.url, self.options.mirror))
+            future = self.downloader.submit(rewrite_for_mirror(candidate.url, self.options.mirror),
+                                            state.folder / f"{candidate.photo_id}.jpg")
             window.append((state, candidate, future))
 
     def _start_next_user(self, plan_iter: Iterator) -> _UserState | None:

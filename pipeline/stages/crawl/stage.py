@@ -18,6 +18,7 @@ from .budget import ApiBudget
 from .crawler import CrawlOptions, Crawler, CrawlSummary, Prefetch, plans_for_discovery, plans_for_list, \
     plans_for_users
 from .download import Downloader
+from .imagecheck import CheckPool, default_workers
 from .users import discover_owners, read_crawl_list, read_user_file
 
 #: Mean bytes of a 640-px Flickr JPEG, for the dry-run estimate.
@@ -58,6 +59,8 @@ class Network:
     per_host: int = 8
     min_side: int = 256
     seed: int = 0
+    #: Processes that decode and hash the downloads (0: the download threads do it); None: :func:`default_workers`.
+    check_workers: int | None = None
 
 
 def plan_text(workspace: Workspace, source: Source, options: CrawlOptions, network: Network) -> str:
@@ -104,10 +107,12 @@ def crawl(workspace: Workspace, source: Source, options: CrawlOptions, network: 
         owners = discover_owners(client, licenses=options.licenses, groups=source.groups)
         plans = plans_for_discovery(client, workspace, owners, options)
     retry = RetryPolicy(attempts=network.attempts, base=network.retry_base / 2, cap=30.0)
+    workers = default_workers() if network.check_workers is None else network.check_workers
     prefetch = Prefetch(plans)
     try:
-        with Downloader(concurrency=network.concurrency, per_host=network.per_host, timeout=network.timeout,
-                        min_side=network.min_side, retry=retry, seed=network.seed) as downloader:
+        with CheckPool(workers) as checks, \
+                Downloader(concurrency=network.concurrency, per_host=network.per_host, timeout=network.timeout,
+                           min_side=network.min_side, retry=retry, seed=network.seed, checks=checks) as downloader:
             return Crawler(workspace, client, downloader, options, on_photo=on_photo).run(prefetch)
     finally:
         prefetch.close()
