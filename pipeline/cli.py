@@ -22,6 +22,7 @@ from manifests.workspace import Workspace
 
 from . import console
 from .config import ConfigError, Names, load_defaults
+from .stages.train_degrader import MODEL_SIZES as DSN_SIZES
 
 
 @dataclass
@@ -85,8 +86,9 @@ def one_at_a_time(stage: str):
 def cli(ctx: click.Context, root: Path, config_path: Path | None, verbose: int, quiet: bool) -> None:
     """pie: build the Flickr pseudo-pair dataset for personalized image enhancement.
 
-    Stages, in order: crawl, rules, train-degrader, degrade, shard, train, then evaluate and enhance;
-    export lays the pairs out for the reference code; audit checks a workspace.
+    Stages, in order: crawl, fivek, rules, train-degrader, degrade, shard, train, then evaluate and
+    enhance; export lays the pairs out for the reference code; audit checks a workspace, status says
+    what is done and left, report writes the dataset's page, attribution and card.
     """
     console.setup_logging(verbose, quiet)
     workspace = Workspace(root)
@@ -150,6 +152,9 @@ def option_names(command: click.Command) -> Names:
               help="Downloads in flight.")
 @click.option("--per-host", type=click.IntRange(1, 256), default=8, show_default=True,
               help="Downloads in flight to one host.")
+@click.option("--check-workers", type=click.IntRange(0, 64), default=None,
+              help="Processes that decode and hash the downloads; 0 does it in the download threads  "
+                   "[default: CPU cores - 1, at most 4].")
 @click.option("--timeout", type=click.FloatRange(0.1), default=15.0, show_default=True,
               help="Seconds to wait for a connection or a read.")
 @click.option("--attempts", type=click.IntRange(1, 20), default=5, show_default=True,
@@ -164,8 +169,8 @@ def option_names(command: click.Command) -> Names:
 @pass_session
 @one_at_a_time("crawl")
 def crawl(session: Session, users_file, crawl_list, discover, groups, num_users, per_user, valid_refs, size, licenses,
-          min_side, mirror, api_key, api_secret, api_url, calls_per_hour, concurrency, per_host, timeout,
-          attempts, retry_base, seed, offline, dry_run) -> None:
+          min_side, mirror, api_key, api_secret, api_url, calls_per_hour, concurrency, per_host, check_workers,
+          timeout, attempts, retry_base, seed, offline, dry_run) -> None:
     """Crawl Flickr users' photos into ROOT/flickr/<nsid>/ with one manifest per user."""
     from .stages.crawl.crawler import CrawlAborted, CrawlOptions
     from .stages.crawl.listing import extras_for
@@ -182,7 +187,7 @@ def crawl(session: Session, users_file, crawl_list, discover, groups, num_users,
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     network = Network(api_key, api_secret, api_url, calls_per_hour, timeout, attempts, retry_base, concurrency,
-                      per_host, min_side, seed)
+                      per_host, min_side, seed, check_workers)
     try:
         if dry_run:
             console.summary(plan_text(session.workspace, source, options, network), session.quiet)
@@ -235,6 +240,65 @@ def flickr_replay(session: Session, directory, host, port, api_key, faults, seed
         server.stop()
 
 
+# pie fivek ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--expert", "experts", multiple=True, metavar="X=DIR",
+              help="Folder of expert X's (A-E) retouched exports; repeatable  "
+                   "[default: DIRECTORY/expertA ... expertE where present].")
+@click.option("--names", "names_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="File of original names (file stems) to prepare, one per line; default all in DIRECTORY.")
+@click.option("--max-side", type=click.IntRange(16), default=None,
+              help="Shrink images so their longest side is at most this many pixels  [default: full size, "
+                   "as pie rules].")
+@click.option("--test-list", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="File of the test images' names or FiveK ids (a4501), one per line  "
+                   "[default: the last --test-count by name].")
+@click.option("--test-count", type=click.IntRange(0), default=500, show_default=True,
+              help="Without --test-list: the last K images by name are the experts' test set (FiveK: 4,500/500).")
+@click.option("--scheduler", default=None, envvar="PIE_DASK_SCHEDULER", show_envvar=True,
+              help="Address of a running Dask scheduler (tcp://host:8786); default a local cluster.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Worker processes of the local cluster; 1 decodes in this process  [default: all cores].")
+@pass_session
+@one_at_a_time("fivek")
+def fivek(session: Session, directory, experts, names_file, max_side, test_list, test_count, scheduler,
+          workers) -> None:
+    """Prepare MIT-Adobe FiveK (DNGs, experts' ProPhoto TIFFs) as sRGB PNGs in ROOT/fivek for the later stages."""
+    from .cluster import dask_client
+    from .stages.fivek.layout import FiveKInputError, expert_folders, parse_expert
+    from .stages.fivek.prepare import run_fivek
+    from .stages.rules import find_sources
+
+    try:
+        given = dict(parse_expert(value) for value in experts)
+        sources, problems = find_sources(directory, names_file)
+        folders = expert_folders(directory, given)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    for problem in problems:
+        click.echo(f"pie: {problem}", err=True)
+    if not sources and not folders:
+        raise click.ClickException(f"{directory}: no FiveK originals (DNG, TIFF, JPEG, PNG) or expert folders")
+    bar = console.progress(total=None, desc="fivek", unit="image", enabled=session.show_progress)
+    client = contextlib.nullcontext() if workers == 1 and not scheduler else dask_client(scheduler, workers)
+    try:
+        with bar, client as dask:
+            summary = run_fivek(session.workspace, sources, folders, max_side=max_side, test_list=test_list,
+                                test_count=test_count, client=dask, on_done=lambda record: bar.update())
+    except FiveKInputError as exc:
+        raise click.ClickException(str(exc)) from None
+    for problem in summary.problems:
+        click.echo(f"pie: {problem}", err=True)
+    summary.problems += problems
+    console.summary(summary.line(), session.quiet)
+    if summary.failed:
+        raise click.ClickException(f"{summary.failed} files could not be prepared (see the lines above, "
+                                   "manifests/fivek.jsonl and manifests/fivek-experts.jsonl)")
+
+
 # pie rules ------------------------------------------------------------------------------------
 
 
@@ -260,7 +324,7 @@ def _all_rules(presets_dir: Path | None) -> dict:
 
 @cli.group(invoke_without_command=True)
 @click.option("--fivek", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder of FiveK originals (8-bit JPEG/PNG/TIFF or 16-bit TIFF).")
+              help="Folder of FiveK originals (DNG, 8-bit JPEG/PNG/TIFF or 16-bit TIFF), or the folder `pie fivek` read.")
 @click.option("--names", "names_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="File of original names (file stems) to use, one per line; default all in --fivek.")
 @click.option("--only", default=None, help="Comma-separated rule names to run; default all.")
@@ -300,6 +364,10 @@ def rules(ctx: click.Context, fivek, names_file, only, max_side, presets_dir, sc
         bar.update(summary.skipped + summary.upgraded)
     summary.problems = problems
     console.summary(summary.line(), session.quiet)
+    if summary.done["failed"] or summary.prepared["failed"]:
+        raise click.ClickException(f"{summary.done['failed']} rule outputs failed and {summary.prepared['failed']} "
+                                   "originals were unreadable (see the failed records in manifests/rules/ and "
+                                   "manifests/fivek.jsonl); a rerun retries them")
 
 
 @rules.command("list")
@@ -340,9 +408,6 @@ def rules_show(name, image, out, max_side, presets_dir) -> None:
 
 # pie train-degrader / pie degrade -----------------------------------------------------------------
 
-MODEL_SIZES = ("paper", "small", "tiny")
-
-
 def _device(name: str) -> str:
     import torch
 
@@ -354,7 +419,7 @@ def _device(name: str) -> str:
 
 
 @cli.command("train-degrader")
-@click.option("--model", "model_size", type=click.Choice(MODEL_SIZES), default="paper", show_default=True,
+@click.option("--model", "model_size", type=click.Choice(DSN_SIZES), default="paper", show_default=True,
               help="Network size: the paper's (11.6 M weights), or smaller ones for CPUs and tests.")
 @click.option("--blocks", type=click.IntRange(1), default=None, help="Override the number of coupling blocks.")
 @click.option("--channels", type=click.IntRange(2), default=None,
@@ -392,33 +457,20 @@ def train_degrader(session: Session, model_size, blocks, channels, subnet_channe
                    lr, weight_decay, grad_clip, lr_milestones, lr_gamma, seed, val_every, checkpoint_every,
                    valid_fraction, vgg16, device, no_mixed_precision, out) -> None:
     """Train DSN to turn rule outputs back into their originals (resumable)."""
-    import dataclasses
+    from degrader.train import ConfigurationMismatch, TrainConfig
 
-    from degrader.dsn import DSNConfig, encoder_from_vgg16
-    from degrader.train import ConfigurationMismatch, TrainConfig, train
+    from .stages.train_degrader import NoPairs, mismatch_advice, model_config, run_train_degrader
 
-    from .stages.degrade import rule_pairs
-
-    model = getattr(DSNConfig, model_size)()
-    overrides = {"coupling_blocks": blocks, "subnet_channels": subnet_channels}
-    if channels is not None:
-        overrides.update(feature_channels=channels, split_channels=channels // 2)
     try:
-        model = dataclasses.replace(model, **{k: v for k, v in overrides.items() if v is not None})
-        milestones = tuple(int(part) for part in lr_milestones.split(",") if part.strip())
-        config = TrainConfig(model=model, steps=steps, batch_size=batch_size, crop_size=crop_size,
-                             learning_rate=lr, weight_decay=weight_decay, grad_clip_norm=grad_clip,
-                             lr_milestones=milestones, lr_gamma=lr_gamma, seed=seed, val_every=val_every,
-                             checkpoint_every=checkpoint_every, mixed_precision=not no_mixed_precision)
+        config = TrainConfig(model=model_config(model_size, blocks=blocks, channels=channels,
+                                                subnet_channels=subnet_channels),
+                             steps=steps, batch_size=batch_size, crop_size=crop_size, learning_rate=lr,
+                             weight_decay=weight_decay, grad_clip_norm=grad_clip,
+                             lr_milestones=tuple(int(part) for part in lr_milestones.split(",") if part.strip()),
+                             lr_gamma=lr_gamma, seed=seed, val_every=val_every, checkpoint_every=checkpoint_every,
+                             mixed_precision=not no_mixed_precision)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    pairs, valid, problems = rule_pairs(session.workspace, valid_fraction=valid_fraction, min_side=crop_size)
-    for problem in problems:
-        click.echo(f"pie: {problem}", err=True)
-    if not len(pairs):
-        raise click.ClickException("no training pairs: run `pie rules` first")
-    checkpoint = out or session.workspace.degrader_checkpoint()
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
     last: dict = {}
     bar = console.progress(total=steps, desc="train-degrader", unit="step", enabled=session.show_progress)
 
@@ -430,19 +482,17 @@ def train_degrader(session: Session, model_size, blocks, channels, subnet_channe
         bar.refresh()
 
     try:
-        filters = encoder_from_vgg16(vgg16) if vgg16 is not None else None
         with bar:
-            train(config, pairs, valid, checkpoint, encoder_filters=filters, device=_device(device), on_log=on_log)
+            summary = run_train_degrader(session.workspace, config, out, valid_fraction=valid_fraction,
+                                         vgg16=vgg16, device=_device(device), on_log=on_log,
+                                         on_problem=lambda problem: click.echo(f"pie: {problem}", err=True))
     except ConfigurationMismatch as exc:
-        sizes = [size for size in MODEL_SIZES if dataclasses.asdict(getattr(DSNConfig, size)()) == exc.saved_model]
-        same = "the settings it was trained with" + (f" (--model {sizes[0]} ...)" if sizes else "")
-        raise click.ClickException(f"{exc}; resume it with {same}, or train another with --out FILE") from None
+        raise click.ClickException(mismatch_advice(exc)) from None
+    except NoPairs as exc:
+        raise click.ClickException(str(exc)) from None
     except ValueError as exc:  # CheckpointError, ImageError and bad options are ValueErrors
         raise click.ClickException(str(exc).splitlines()[0]) from None
-    psnr = (f"; validation PSNR degrade {last['val_psnr_degrade']:.2f} dB, enhance {last['val_psnr_enhance']:.2f} dB"
-            if "val_psnr_degrade" in last else "")
-    console.summary(f"train-degrader: {steps} steps on {len(pairs)} pairs ({len(valid)} held out) -> "
-                    f"{checkpoint}{psnr}", session.quiet)
+    console.summary(summary.line(), session.quiet)
 
 
 @cli.command()
@@ -551,38 +601,118 @@ def export(session: Session, out, layout, only) -> None:
 
 @cli.command()
 @click.option("--licenses", default="open", show_default=True,
-              help="Licence ids a kept photo may carry: 'open', 'all', or a comma list.")
+              help="Licence ids a kept photo or sample may carry: 'open', 'all', or a comma list.")
 @click.option("--valid-refs", type=click.IntRange(0), default=20, show_default=True,
               help="Reference photos expected per valid user.")
 @click.option("--no-checksums", is_flag=True, help="Check file sizes only, not their SHA-256.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Degrader checkpoint the pseudo originals must come from  [default: ROOT/degrader/dsn.pt].")
+@click.option("--shards", "check_shards", is_flag=True,
+              help="Also check every shard against index.json and every sample against its record.")
+@click.option("--shards-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the shards and index.json that --shards checks  [default: ROOT/shards].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the full report as JSON to this file.")
+              help="Also write the full report (counts, problems with kind, file and message) as JSON to this file.")
 @pass_session
-def audit(session: Session, licenses, valid_refs, no_checksums, json_path) -> None:
-    """Check manifests against files, licences, checksums and splits; exit 1 on any problem."""
+def audit(session: Session, licenses, valid_refs, no_checksums, checkpoint, check_shards, shards_dir,
+          json_path) -> None:
+    """Check manifests, files, licences, checksums, splits, pseudo originals and shards; exit 1 on any problem."""
     import json
 
-    from manifests.audit import audit as run_audit
+    from .stages.audit import audit_workspace
 
     try:
         allowed = parse_license_filter(licenses)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if shards_dir is not None and not check_shards:
+        raise click.UsageError("--shards-dir is only read with --shards")
     root = session.workspace.root
     if not root.is_dir():
         raise click.ClickException(f"{root}: no such workspace; give the workspace with --root DIR before the "
                                    "command, or PIE_ROOT")
     if not any((root / "manifests").rglob("*.jsonl")):
         raise click.ClickException(f"{root}: no manifest under {root / 'manifests'}; nothing to audit")
-    report = run_audit(session.workspace, licenses=allowed, valid_refs=valid_refs,
-                       verify_checksums=not no_checksums)
-    for problem in report.problems:
-        click.echo(f"problem: {problem}", err=True)
+    shards = (shards_dir or session.workspace.shards_dir()) if check_shards else None
+    with console.progress(desc="audit shards", unit="shard", enabled=session.show_progress and check_shards) as bar:
+        report = audit_workspace(session.workspace, licenses=allowed, valid_refs=valid_refs,
+                                 verify_checksums=not no_checksums, checkpoint=checkpoint, shards=shards,
+                                 on_shard=lambda name: bar.update(1))
+    for problem in report.findings:
+        click.echo(f"{problem.kind}: {problem.message}", err=True)
     if json_path is not None:
-        json_path.write_text(json.dumps(report.as_dict(), indent=1))
+        try:
+            json_path.write_text(json.dumps(report.as_dict(), indent=1))
+        except OSError as exc:
+            raise click.ClickException(f"{json_path}: cannot write the report ({exc.strerror or exc})") from None
+    if not report.ok and not session.quiet:
+        click.echo(report.table(), err=True)
     console.summary(report.line(), session.quiet)
     if not report.ok:
         raise click.exceptions.Exit(1)
+
+
+# pie status -----------------------------------------------------------------------------------
+
+
+def _crawl_target(per_user: int | None) -> int:
+    """``--per-user``, else the ``[crawl] per-user`` of pie.toml, else the crawl's default."""
+    from .stages.status import crawl_per_user
+
+    return per_user or crawl_per_user(click.get_current_context().find_root().default_map)
+
+
+@cli.command()
+@click.option("--per-user", type=click.IntRange(1), default=None,
+              help="Photos per user the crawl aims at  [default: [crawl] per-user of pie.toml, else 100].")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON instead of text.")
+@click.option("--users", "with_users", is_flag=True, help="Include one entry per crawled user (with --json).")
+@pass_session
+def status(session: Session, per_user, as_json, with_users) -> None:
+    """Show what each stage has done and what is left, read from the workspace."""
+    import json
+
+    from .stages.status import StatusError, format_status, workspace_status
+
+    try:
+        result = workspace_status(session.workspace, per_user=_crawl_target(per_user), detail=with_users)
+    except StatusError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result, indent=1, sort_keys=True) if as_json else format_status(result))
+
+
+# pie report -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="HTML page to write  [default: ROOT/report.html].")
+@click.option("--card-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for ATTRIBUTION.csv and DATASET.md  [default: beside the page].")
+@click.option("--per-user", type=click.IntRange(1), default=None,
+              help="Photos per user the crawl aims at  [default: [crawl] per-user of pie.toml, else 100].")
+@click.option("--sheet-users", type=click.IntRange(0), default=12, show_default=True,
+              help="Users shown with a contact sheet of pairs.")
+@click.option("--sheet-pairs", type=click.IntRange(1), default=6, show_default=True,
+              help="Pairs per user on a contact sheet.")
+@pass_session
+def report(session: Session, out, card_dir, per_user, sheet_users, sheet_pairs) -> None:
+    """Write an offline HTML report, ATTRIBUTION.csv and DATASET.md from the workspace."""
+    from .stages.report import write_report_files
+    from .stages.status import StatusError
+
+    try:
+        files = write_report_files(session.workspace, out or session.workspace.root / "report.html",
+                                   card_dir=card_dir, per_user=_crawl_target(per_user), sheet_users=sheet_users,
+                                   sheet_pairs=sheet_pairs)
+    except StatusError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or ''}: cannot write ({exc.strerror or exc})") from None
+    truth = files.ground_truth
+    against = (f"; ground truth: pseudo originals {truth['pseudo_psnr']:.2f} dB, retouched "
+               f"{truth['retouched_psnr']:.2f} dB over {truth['count']} photos" if truth["count"] else "")
+    console.summary(f"report: {files.html}, {files.attribution.name}, {files.card.name}{against}", session.quiet)
 
 
 # pie train ------------------------------------------------------------------------------------
@@ -648,7 +778,7 @@ def train(session: Session, step, model_size, image_size, embed_size, shards, ou
     import dataclasses
 
     from model.networks import MSMConfig
-    from model.train import CheckpointError, TrainConfig, setup_distributed
+    from model.train import TrainConfig, setup_distributed
     from model.train import train as run_training
 
     from .stages import train as train_stage
@@ -803,6 +933,10 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 @click.option("--test-count", type=click.IntRange(0), default=0, show_default=True,
               help="--pairs users: the last K pairs by stem are the fixed unseen set, the rest the preferred "
                    "pool (500 for FiveK); 0: every pair outside a draw is unseen.")
+@click.option("--fivek-expert", "fivek_experts", multiple=True,
+              type=click.Choice(["A", "B", "C", "D", "E"], case_sensitive=False),
+              help="FiveK expert prepared by `pie fivek` as a test user (ROOT/fivek against ROOT/fivek/experts/X, "
+                   "the recorded test split unseen, the rest the preferred pool); repeatable.")
 @click.option("--num-preferred", default="20,50,100", show_default=True,
               help="Preferred-set sizes N, comma-separated.")
 @click.option("--draws", "draw_mode", type=click.Choice(["consecutive", "random"]), default="consecutive",
@@ -828,12 +962,13 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
               help="Write a page with the tables and example triplets per user.")
 @pass_session
 @one_at_a_time("evaluate")
-def evaluate(session: Session, checkpoint, shards, pairs, test_count, num_preferred, draw_mode, num_draws, seed,
-             methods, size, batch_size, examples, device, out, json_path, html_path) -> None:
+def evaluate(session: Session, checkpoint, shards, pairs, test_count, fivek_experts, num_preferred, draw_mode,
+             num_draws, seed, methods, size, batch_size, examples, device, out, json_path, html_path) -> None:
     """Score the model beside identity, mean-style and weighted-average by the paper's protocol."""
     from model.evaluation import Settings, format_table
 
     from .stages import evaluate as evaluate_stage
+    from .stages.fivek.prepare import expert_test_users
 
     try:
         settings = Settings(num_preferred=_int_list(num_preferred, "--num-preferred"), draws=num_draws,
@@ -843,15 +978,16 @@ def evaluate(session: Session, checkpoint, shards, pairs, test_count, num_prefer
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     root = session.workspace.root
-    if not shards and not pairs:
+    if not shards and not pairs and not fivek_experts:
         shards = (str(session.workspace.shards_dir()),)
 
     def progress(total):
         return console.progress(total=total, desc="evaluate", unit="user", enabled=session.show_progress)
 
     try:
+        split_pairs = expert_test_users(session.workspace, fivek_experts)
         outcome = evaluate_stage.run(checkpoint or root / "msm" / "model.pt", settings, shards=shards, pairs=pairs,
-                                     test_count=test_count, device=_device(device), out=out,
+                                     test_count=test_count, split_pairs=split_pairs, device=_device(device), out=out,
                                      default_out=root / "evaluation", progress=progress)
     except ValueError as exc:
         raise click.ClickException(str(exc).splitlines()[0]) from None

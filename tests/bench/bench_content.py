@@ -13,13 +13,15 @@ scores the held-out users with ``model.evaluation``:
 
 * **content classes**: random square crops of the bundled sample photographs
   (scikit-image, matplotlib), resized to the model side, are ranked by their
-  blue-red balance ``(mean B - mean R) / (mean R + mean G + mean B)``, which
+  blue-red balance (:func:`pipeline.stages.demo.corpus.blue_red_balance`,
+  the content measure of the demo corpus), which
   overall gain does not change; the lowest third are *warm* (skin, fur,
   coffee, retina), the highest third *cool* (sky, space, blue cloth), and the
   middle third is left out so that the classes are clearly apart;
-* **looks**: a user has two retouching looks (:class:`pipeline.stages.demo.corpus.Style`),
-  look A for warm crops and look B for cool ones, opposite on brightness
-  (gamma), white balance (warmth) and saturation, each with a random sign;
+* **looks**: a user has two retouching looks (:func:`pipeline.stages.demo.corpus.look_pair`,
+  the looks of the demo corpus's users), look A for warm crops and look B for
+  cool ones, opposite on brightness (gamma), white balance (warmth) and
+  saturation, each with a random sign;
   every look pair is given to two users, once in each order, so no
   content-blind style can serve a user (its mean style is the same for both
   orders);
@@ -69,7 +71,7 @@ from model.evaluation import Settings, TestUser, aggregate, evaluate_user, forma
 from model.inference import load
 from model.networks import MSMConfig
 from model.train import TrainConfig, TrainData, train
-from pipeline.stages.demo.corpus import Style, source_photographs
+from pipeline.stages.demo.corpus import Style, blue_red_balance, look_pair, source_photographs
 from pipeline.imageio import read_image, shrink_to_max_side
 
 #: Side of the stored crops and of the enhancer (the step-2 embeddings see half of it).
@@ -90,12 +92,6 @@ def photographs() -> dict[str, np.ndarray]:
     """The sample photographs, float32 RGB in [0, 1], longest side at most :data:`PHOTO_SIDE`."""
     return {name: shrink_to_max_side(read_image(path).as_float(), PHOTO_SIDE)
             for name, path in sorted(source_photographs().items())}
-
-
-def blue_red_balance(image: np.ndarray) -> float:
-    """``(mean B - mean R) / (mean R + mean G + mean B)``: negative for warm scenes, positive for cool ones."""
-    mean = image.reshape(-1, 3).mean(0)
-    return float((mean[2] - mean[0]) / max(float(mean.sum()), 1e-6))
 
 
 def random_crops(photos: dict[str, np.ndarray], per_photo: int,
@@ -146,18 +142,6 @@ def held_out(classes: dict, fraction: float, rng: np.random.Generator) -> tuple[
 
 
 # ---------------------------------------------------------------- users
-
-
-def look_pair(rng: np.random.Generator) -> tuple[Style, Style]:
-    """Two looks opposite on brightness, warmth and saturation (a random sign per axis), contrast free."""
-    signs = rng.choice([-1.0, 1.0], size=3)
-
-    def look(direction: float) -> Style:
-        gamma, warmth, saturation = (direction * signs * rng.uniform([0.25, 0.06, 0.3], [0.5, 0.15, 0.6]))
-        return Style(gamma=float(np.exp(gamma)), warmth=float(warmth), saturation=float(np.exp(saturation)),
-                     contrast=float(rng.uniform(-0.2, 0.4)))
-
-    return look(1.0), look(-1.0)
 
 
 @dataclasses.dataclass

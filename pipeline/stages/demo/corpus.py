@@ -1,13 +1,28 @@
-"""The bundled sample corpus: real photographs, cropped and retouched per user.
+"""The bundled sample corpus: real photographs, cropped and retouched per user by content.
 
 ``pie demo`` and the tests need a Flickr-like corpus without any download. It
 is made from the colour photographs that installed packages ship
-(scikit-image's ``data`` folder and matplotlib's sample data): each sample
-user gets a retouching style of its own (tone curve, white balance, saturation,
-vignette), and each of its photos is a seeded random crop of one of those
-photographs, flipped or not, scaled (by default to a longest edge of 700-960 px), then
-retouched in the user's style. The result is written in the folder format
-served by :mod:`pipeline.replay.server`.
+(scikit-image's ``data`` folder and matplotlib's sample data). Each of a
+user's photos is a seeded random crop of one of those photographs (35-95 % of
+its sides, anywhere in it), flipped or not, given a mild exposure change
+(up to +-0.3 stops), scaled (by default to a longest edge of 700-960 px), and
+then retouched in one of the user's two looks chosen by what the crop shows.
+
+The looks follow the paper's premise that a user's retouching depends on the
+photo's content (Kosugi & Yamasaki, "Personalized Image Enhancement Featuring
+Masked Style Modeling", IEEE TCSVT 2023, Sec. I): a *warm* scene (skin, fur,
+coffee, retina; :func:`blue_red_balance` at most :data:`WARM_COOL_THRESHOLD`)
+gets one look and a *cool* one (sky, space, blue cloth) the other, opposite on
+brightness, white balance and saturation around a common enhancing look
+(:func:`look_pair`, :data:`LOOK_CENTRE`), so a user's mean style is wrong for
+both kinds of photo. The looks are tone curves, white balance and saturation,
+the family of the conventional methods of ``rules/`` that the degrader learns
+to undo.
+
+The result is written in the folder format served by
+:mod:`pipeline.replay.server`; the true original of every photo (the crop
+before retouching, 8-bit sRGB PNG of the same size) goes to a separate folder,
+``TRUTH/<nsid>/<photo_id>.png``, that the server does not see.
 """
 
 from __future__ import annotations
@@ -21,8 +36,11 @@ import cv2
 import numpy as np
 
 from pipeline.stages.crawl.splits import user_split
-from pipeline.imageio import encode_jpeg, read_image
+from pipeline.imageio import encode_jpeg, encode_png, read_image
 
+#: Every colour photograph of scikit-image's ``data`` folder and matplotlib's ``sample_data``. Left out:
+#: the synthetic RGB images (``chessboard_RGB``, ``color``, ``phantom``), the RGBA cut-outs on a
+#: transparent background (``horse``, ``logo``, ``Minduka_Present_Blue_Pack``) and the grey ones.
 SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg", "ihc.png",
                   "motorcycle_left.png", "motorcycle_right.png", "retina.jpg", "rocket.jpg")
 MATPLOTLIB_PHOTOS = ("grace_hopper.jpg",)
@@ -90,6 +108,73 @@ def sample_styles(count: int, seed: int) -> list[Style]:
     return styles
 
 
+#: :func:`blue_red_balance` at or below which a scene is warm; about the median over crops of the
+#: sample photographs (coffee, retina, fur and skin below; sky, space and blue cloth above).
+WARM_COOL_THRESHOLD = -0.1
+
+#: The sample users' looks lie around this enhancing look (brighter, more contrast and colour), as
+#: retouching on Flickr mostly enhances and as the degrader learns from the enhancing rules; each
+#: user's two looks sit on either side of it at :data:`LOOK_SPREAD` times the offsets of
+#: :func:`look_pair`.
+LOOK_CENTRE = Style(gamma=0.65, contrast=0.4, saturation=1.35)
+LOOK_SPREAD = 0.7
+
+
+def blue_red_balance(image: np.ndarray) -> float:
+    """``(mean B - mean R) / (mean R + mean G + mean B)`` of RGB: negative for warm scenes, positive for cool.
+
+    Dimensionless, in [-1, 1]; an overall exposure gain does not change it.
+    """
+    mean = image.reshape(-1, 3).astype(np.float64).mean(0)
+    return float((mean[2] - mean[0]) / max(float(mean.sum()), 1e-6))
+
+
+def look_pair(rng: np.random.Generator, centre: Style = Style(), spread: float = 1.0) -> tuple[Style, Style]:
+    """Two looks opposite around ``centre`` on brightness, warmth and saturation (a random sign per axis).
+
+    Offsets from the centre, times ``spread``: gamma factor ``exp(+-[0.25, 0.5])``,
+    warmth ``+-[0.06, 0.15]``, saturation factor ``exp(+-[0.3, 0.6])``, and
+    contrast drawn in [-0.2, 0.4] for each look; no lift, no vignette.
+    """
+    signs = rng.choice([-1.0, 1.0], size=3)
+
+    def look(direction: float) -> Style:
+        gamma, warmth, saturation = (direction * spread * signs * rng.uniform([0.25, 0.06, 0.3], [0.5, 0.15, 0.6]))
+        return Style(gamma=float(centre.gamma * np.exp(gamma)), warmth=float(centre.warmth + warmth),
+                     saturation=float(centre.saturation * np.exp(saturation)),
+                     contrast=float(centre.contrast + spread * rng.uniform(-0.2, 0.4)))
+
+    return look(1.0), look(-1.0)
+
+
+@dataclass(frozen=True)
+class UserLooks:
+    """A sample user's content-dependent retouching: ``warm`` for warm scenes, ``cool`` for the others."""
+
+    warm: Style
+    cool: Style
+    threshold: float = WARM_COOL_THRESHOLD
+
+    def look_for(self, image: np.ndarray) -> Style:
+        """The look this user gives ``image`` (RGB), a function of its :func:`blue_red_balance` only."""
+        return self.warm if blue_red_balance(image) <= self.threshold else self.cool
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """Retouch float32 RGB in [0, 1] in the look its content calls for."""
+        return self.look_for(image).apply(image)
+
+
+def sample_looks(count: int, seed: int) -> list[UserLooks]:
+    """``count`` users' looks from a seeded generator: each :func:`look_pair` around :data:`LOOK_CENTRE`
+    goes to two users, once in each order, so no single content-blind style serves either of them."""
+    rng = np.random.default_rng(seed)
+    users: list[UserLooks] = []
+    while len(users) < count:
+        first, second = look_pair(rng, LOOK_CENTRE, LOOK_SPREAD)
+        users += [UserLooks(first, second), UserLooks(second, first)]
+    return users[:count]
+
+
 def sample_nsids(count: int, valid: int) -> list[str]:
     """``count`` NSIDs of which exactly ``valid`` fall in the valid split."""
     chosen_valid, chosen_train = [], []
@@ -104,8 +189,9 @@ def sample_nsids(count: int, valid: int) -> list[str]:
 
 
 def _crop(image: np.ndarray, rng: np.random.Generator, longest_edge: tuple[int, int]) -> np.ndarray:
+    """A random crop (35-95 % of the sides), flipped or not, exposed by +-0.3 stops, scaled to ``longest_edge``."""
     height, width = image.shape[:2]
-    scale = rng.uniform(0.55, 0.95)
+    scale = rng.uniform(0.35, 0.95)
     crop_h, crop_w = max(32, int(height * scale)), max(32, int(width * scale * rng.uniform(0.8, 1.2)))
     crop_w = min(crop_w, width)
     top = int(rng.integers(0, height - crop_h + 1))
@@ -117,39 +203,51 @@ def _crop(image: np.ndarray, rng: np.random.Generator, longest_edge: tuple[int, 
     factor = longest / max(crop.shape[:2])
     size = (max(1, round(crop.shape[1] * factor)), max(1, round(crop.shape[0] * factor)))
     interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC
-    return cv2.resize(np.ascontiguousarray(crop), size, interpolation=interpolation)
+    resized = cv2.resize(np.ascontiguousarray(crop), size, interpolation=interpolation)
+    return np.clip(resized * np.float32(2.0 ** rng.uniform(-0.3, 0.3)), 0.0, 1.0).astype(np.float32)
 
 
 def build_corpus(folder: Path, *, users: int = 12, photos_per_user: int = 30, valid_users: int = 2,
-                 longest_edge: tuple[int, int] = (700, 960), seed: int = 0) -> list[str]:
+                 longest_edge: tuple[int, int] = (700, 960), seed: int = 0, truth: Path | None = None) -> list[str]:
     """Write the sample corpus into ``folder`` and return its NSIDs.
 
     ``longest_edge`` is the range of the photos' longest edges in pixels; the
-    default keeps Flickr's 640-px size ``z`` available for every photo.
-    Deterministic for a seed. Existing files are overwritten.
+    default keeps Flickr's 640-px size ``z`` available for every photo. With
+    ``truth``, the true original of every photo (the crop before retouching)
+    is written to ``truth/<nsid>/<photo_id>.png`` (8-bit sRGB, the photo's
+    size). Deterministic for a seed. Existing files are overwritten.
     """
     sources = {name: read_image(path).as_float() for name, path in sorted(source_photographs().items())}
     names = sorted(sources)
-    styles = sample_styles(users, seed)
+    looks = sample_looks(users, seed)
     nsids = sample_nsids(users, valid_users)
-    for user_index, (nsid, style) in enumerate(zip(nsids, styles)):
+    for user_index, (nsid, user_looks) in enumerate(zip(nsids, looks)):
         user_dir = Path(folder) / nsid
         user_dir.mkdir(parents=True, exist_ok=True)
         (user_dir / "user.json").write_text(json.dumps({
             "username": f"sample-user-{user_index:02d}", "realname": f"Sample User {user_index:02d}",
-            "path_alias": f"sample{user_index:02d}", "style": style.__dict__}, indent=1))
+            "path_alias": f"sample{user_index:02d}",
+            "looks": {"warm": user_looks.warm.__dict__, "cool": user_looks.cool.__dict__,
+                      "threshold": user_looks.threshold}}, indent=1))
+        if truth is not None:
+            (Path(truth) / nsid).mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng([seed, user_index])
         for photo_index in range(photos_per_user):
             name = names[int(rng.integers(len(names)))]
-            retouched = style.apply(_crop(sources[name], rng, longest_edge))
+            original = _crop(sources[name], rng, longest_edge)
+            look = user_looks.look_for(original)
             photo_id = str(50_000_000_000 + user_index * 100_000 + photo_index * 97)
-            pixels = (retouched * 255.0 + 0.5).astype(np.uint8)
+            pixels = (look.apply(original) * 255.0 + 0.5).astype(np.uint8)
             (user_dir / f"{photo_id}.jpg").write_bytes(encode_jpeg(pixels, quality=92))
+            if truth is not None:
+                (Path(truth) / nsid / f"{photo_id}.png").write_bytes(
+                    encode_png((original * 255.0 + 0.5).astype(np.uint8)))
             digest = hashlib.sha256(f"{nsid}/{photo_id}".encode()).hexdigest()
             (user_dir / f"{photo_id}.json").write_text(json.dumps({
                 "title": f"{Path(name).stem} {photo_index}",
                 "license": SAMPLE_LICENSES[int(digest[:4], 16) % len(SAMPLE_LICENSES)],
                 "date_taken": f"2021-{1 + photo_index % 12:02d}-{1 + user_index:02d} 12:00:00",
                 "source_photograph": name,
+                "look": "warm" if look is user_looks.warm else "cool",
             }))
     return nsids

@@ -3,11 +3,13 @@
 1. builds the sample corpus (:mod:`pipeline.stages.demo.corpus`) and serves it with
    :class:`~pipeline.replay.server.ReplayServer` on 127.0.0.1 with a few faults;
 2. ``crawl``: the real ``flickrapi`` client against it (users given as NSIDs,
-   usernames and profile URLs, one unknown user);
+   usernames and profile URLs, one unknown user); the true originals of the
+   kept photos go to ``ROOT/ground-truth/flickr/`` (:mod:`pipeline.stages.demo.truth`);
 3. ``rules``: the 25 pseudo-users on the sample photographs (standing in for
    FiveK originals) on a local Dask cluster;
 4. ``train-degrader`` and ``degrade``: a small DSN trained briefly on those
-   pairs, then run over the crawl;
+   pairs, then run over the crawl, its pseudo originals measured against the
+   true originals beside the retouched photos;
 5. ``shard``: every pair into WebDataset shards with ``index.json``;
 6. ``train``: the small masked style modeling networks at 64 px, briefly,
    from the shards;
@@ -16,7 +18,8 @@
    (``ROOT/evaluation.html``);
 8. ``enhance``: the held-out photos of one valid user personalized from its
    reference pairs at their own size (``ROOT/demo/enhanced/<nsid>/``);
-9. ``audit``; then an HTML report with thumbnails, ``ROOT/report.html``.
+9. ``audit`` of the manifests, files and shards; then ``pie report``'s page
+   (``ROOT/report.html``) with ``ATTRIBUTION.csv`` and ``DATASET.md``.
 
 Everything is deterministic and resumable: running the demo again skips the
 work already done.
@@ -24,23 +27,23 @@ work already done.
 
 from __future__ import annotations
 
-import base64
-import html
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import cv2
-
-from manifests.audit import audit
 from manifests.jsonl import latest_by
 from manifests.workspace import Workspace
 
 from ...console import progress
+from ...imageio import encode_png, read_image, shrink_to_max_side
+from ..audit import audit_workspace
+from ..report import write_report
+from ..report.images import ground_truth_psnr
+from ..status import flickr_photos
 from .corpus import build_corpus, source_photographs
-from ...imageio import encode_jpeg, encode_png, read_image, shrink_to_max_side
+from .truth import write_ground_truth
 
 log = logging.getLogger("pie.demo")
 
@@ -94,9 +97,10 @@ def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], 
         report(line)
 
     corpus = workspace.root / "demo" / "corpus"
+    truth = workspace.root / "demo" / "corpus-truth"
     built = workspace.root / "demo" / "corpus-users.txt"  # written last: the corpus is complete
     if not built.exists():
-        built.write_text("\n".join(build_corpus(corpus, users=DEMO_USERS, photos_per_user=DEMO_PHOTOS)))
+        built.write_text("\n".join(build_corpus(corpus, users=DEMO_USERS, photos_per_user=DEMO_PHOTOS, truth=truth)))
     nsids = built.read_text().split()
     users_file = workspace.root / "demo" / "users.txt"
     users_file.write_text("\n".join([nsids[0], "sample-user-01", "https://www.flickr.com/photos/sample02/",
@@ -106,6 +110,7 @@ def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], 
                         CrawlOptions(num_users=DEMO_USERS, per_user=DEMO_PER_USER, valid_refs=DEMO_VALID_REFS),
                         Network(DEMO_KEY, DEMO_SECRET, server.rest_url, retry_base=0.05, timeout=5.0))
     say(summary.line())
+    write_ground_truth(workspace, truth)
 
     originals = workspace.root / "demo" / "originals"
     prepare_originals(originals)
@@ -117,25 +122,21 @@ def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], 
     say(rules_summary.line())
 
     from degrader.dsn import DSNConfig
-    from degrader.train import TrainConfig, train
+    from degrader.train import TrainConfig
 
-    from ..degrade import rule_pairs, run_degrade
+    from ..degrade import run_degrade
+    from ..train_degrader import run_train_degrader
 
-    pairs, valid, _ = rule_pairs(workspace, min_side=DEMO_CROP)
     config = TrainConfig(model=DSNConfig.tiny(), steps=DEMO_STEPS, batch_size=4, crop_size=DEMO_CROP,
                          val_every=DEMO_STEPS, checkpoint_every=50, lr_milestones=(DEMO_STEPS // 2,))
-    scores: dict = {}
     with progress(total=DEMO_STEPS, desc="train-degrader", unit="step") as bar:
-        def on_log(step: int, metrics: dict) -> None:
-            scores.update(metrics)
-            bar.update(step - bar.n)
-
-        train(config, pairs, valid, workspace.degrader_checkpoint(), device="cpu", on_log=on_log)
-    say(f"train-degrader: tiny DSN, {DEMO_STEPS} steps on {len(pairs)} pairs ({len(valid)} held out)"
-        + (f"; validation PSNR degrade {scores['val_psnr_degrade']:.2f} dB" if "val_psnr_degrade" in scores else ""))
+        say(run_train_degrader(workspace, config, on_log=lambda step, metrics: bar.update(step - bar.n)).line())
     with progress(desc="degrade", unit="photo") as bar:
         say(run_degrade(workspace, workspace.degrader_checkpoint(), client_factory=lambda: dask_client(None, workers),
                         on_done=bar.update).line())
+    truth = ground_truth_psnr(workspace, flickr_photos(workspace)).as_dict()
+    say(f"degrade: pseudo originals {truth['pseudo_psnr']} dB from the true originals, retouched photos "
+        f"{truth['retouched_psnr']} dB ({truth['count']} photos)")
 
     from ..shard.plan import workspace_plan
     from ..shard.write import run_shard
@@ -145,15 +146,13 @@ def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], 
                               client_factory=lambda: dask_client(None, workers))
     say(shard_summary.line())
     say(train_demo_model(workspace))
-    evaluation_line, table = evaluate_demo_model(workspace)
-    say(evaluation_line)
-    enhance_line, enhanced = enhance_demo_photos(workspace)
-    say(enhance_line)
+    say(evaluate_demo_model(workspace))
+    say(enhance_demo_photos(workspace))
 
-    audit_report = audit(workspace, valid_refs=DEMO_VALID_REFS)
+    audit_report = audit_workspace(workspace, valid_refs=DEMO_VALID_REFS, shards=workspace.shards_dir())
     say(audit_report.line())
     result.ok = audit_report.ok and rules_summary.done["failed"] == 0 and not shard_summary.skipped
-    result.report = write_report(workspace, result.lines, sources[0].name if sources else None, table, enhanced)
+    result.report = write_report(workspace, sheet_users=DEMO_USERS)
     say(f"demo: report written to {result.report}")
     return result
 
@@ -178,14 +177,14 @@ def train_demo_model(workspace: Workspace) -> str:
             f"{summary.model_path}")
 
 
-def evaluate_demo_model(workspace: Workspace) -> tuple[str, str]:
-    """The demo model scored on the valid users of the shards; the summary line and the text table.
+def evaluate_demo_model(workspace: Workspace) -> str:
+    """The demo model scored on the valid users of the shards; the summary line.
 
     The valid users' pseudo originals are the inputs and their retouched
     photos the targets, as in :mod:`model.evaluation`; ``ROOT/evaluation.html``
     shows the table and example triplets.
     """
-    from model.evaluation import Settings, format_table
+    from model.evaluation import Settings
 
     from ..evaluate import run, write_reports
 
@@ -196,18 +195,14 @@ def evaluate_demo_model(workspace: Workspace) -> tuple[str, str]:
     scores = outcome.summary["table"].get(str(DEMO_PREFERRED), {})
     psnrs = ", ".join(f"{method} {metrics['psnr']['mean']:.2f}" for method, metrics in scores.items())
     return (f"evaluate: {len(outcome.users)} valid users, N = {DEMO_PREFERRED}, {DEMO_DRAWS} draws, PSNR (dB) at "
-            f"{DEMO_EVAL_SIZE} px: {psnrs or 'no user had enough pairs'} -> {workspace.root / 'evaluation.html'}",
-            format_table(outcome.summary))
+            f"{DEMO_EVAL_SIZE} px: {psnrs or 'no user had enough pairs'} -> {workspace.root / 'evaluation.html'}")
 
 
-def enhance_demo_photos(workspace: Workspace) -> tuple[str, list[tuple[Path, Path, Path]]]:
-    """The unseen photos of the first valid user enhanced from its reference pairs; the line and the triplets.
-
-    Each triplet is (pseudo original, enhanced, retouched photo) as files.
-    """
+def enhance_demo_photos(workspace: Workspace) -> str:
+    """The unseen photos of the first valid user enhanced from its reference pairs; the summary line."""
     from model.personalize import Personalizer
 
-    from ..enhance import PairReader, output_path, run_enhance
+    from ..enhance import PairReader, run_enhance
 
     for nsid in workspace.crawled_users():
         latest = latest_by(workspace.flickr_manifest(nsid).read().records, "photo_id").values()
@@ -217,7 +212,7 @@ def enhance_demo_photos(workspace: Workspace) -> tuple[str, list[tuple[Path, Pat
         if references and unseen:
             break
     else:
-        return "enhance: no valid user with reference and unseen photos", []
+        return "enhance: no valid user with reference and unseen photos"
 
     def files(record: dict) -> tuple[Path, Path]:
         return (workspace.resolve_relative(record["degraded"]["file"]), workspace.resolve_relative(record["file"]))
@@ -225,62 +220,4 @@ def enhance_demo_photos(workspace: Workspace) -> tuple[str, list[tuple[Path, Pat
     personalizer = Personalizer.from_checkpoint(workspace.root / "msm" / "model.pt")
     personalizer.fit(PairReader([files(record) for record in references]))
     out = workspace.root / "demo" / "enhanced" / nsid
-    photos = [files(record)[0] for record in unseen]
-    summary = run_enhance(personalizer, photos, out)
-    triplets = [(source, output_path(source, out), files(record)[1]) for source, record in zip(photos, unseen)]
-    return summary.line(), [triplet for triplet in triplets if triplet[1].exists()]
-
-
-def _thumbnail(path: Path, height: int = 120) -> str:
-    pixels = read_image(path).as_uint8()
-    scale = height / pixels.shape[0]
-    small = cv2.resize(pixels, (max(1, round(pixels.shape[1] * scale)), height), interpolation=cv2.INTER_AREA)
-    return "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(small, quality=80)).decode("ascii")
-
-
-def _figure(path: Path, caption: str) -> str:
-    return (f'<figure><img src="{_thumbnail(path)}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-
-
-def write_report(workspace: Workspace, lines: list[str], rules_image: str | None, evaluation: str = "",
-                 enhanced: list[tuple[Path, Path, Path]] = ()) -> Path:
-    """A self-contained HTML page: stage summaries, crawled photos per user, pseudo originals, the
-    evaluation table, personalized photos and the 25 rules on one image."""
-    parts = ["<!doctype html><meta charset='utf-8'><title>pie demo</title>",
-             "<style>body{font-family:sans-serif;margin:2em}figure{display:inline-block;margin:4px;"
-             "font-size:11px;text-align:center}pre{background:#f4f4f4;padding:1em;white-space:pre-wrap;overflow-wrap:anywhere}</style>",
-             "<h1>pie demo</h1><h2>Stages</h2><pre>", html.escape("\n".join(lines)), "</pre>"]
-    parts.append("<h2>Crawled photos (first four kept per user)</h2>")
-    for nsid in workspace.crawled_users():
-        latest = latest_by(workspace.flickr_manifest(nsid).read().records, "photo_id")
-        kept = [r for r in latest.values() if r["status"] == "ok"][:4]
-        parts.append(f"<h3>{html.escape(nsid)}</h3>")
-        parts += [_figure(workspace.resolve_relative(r["file"]), f"{r['photo_id']} ({r['split']}, "
-                          f"{r['license']['name']})") for r in kept]
-    pairs = []
-    for nsid in workspace.crawled_users():
-        latest = latest_by(workspace.flickr_manifest(nsid).read().records, "photo_id")
-        pairs += [r for r in latest.values() if r.get("degraded")][:1]
-    if pairs:
-        parts.append("<h2>Pseudo originals (degraded) beside the retouched photos</h2>")
-        for record in pairs:
-            parts.append(_figure(workspace.resolve_relative(record["degraded"]["file"]), f"{record['photo_id']} input")
-                         + _figure(workspace.resolve_relative(record["file"]), "retouched target"))
-    if evaluation:
-        parts += ["<h2>Evaluation on the valid users (mean ± std over draws)</h2><pre>", html.escape(evaluation),
-                  "</pre><p>Example triplets: <a href='evaluation.html'>evaluation.html</a></p>"]
-    if enhanced:
-        parts.append("<h2>Personalized: held-out photos of one valid user, enhanced from its reference pairs</h2>")
-        for source, output, target in enhanced:
-            parts.append("<div>" + _figure(source, f"{source.stem} pseudo original") + _figure(output, "enhanced")
-                         + _figure(target, "the user's retouch") + "</div>")
-    if rules_image is not None:
-        parts.append(f"<h2>The 25 rule-based pseudo-users on {html.escape(rules_image)}</h2>")
-        for rule_dir in sorted((workspace.root / "rules").iterdir()):
-            output = rule_dir / f"{rules_image}.png"
-            if output.exists():
-                parts.append(_figure(output, rule_dir.name))
-    path = workspace.root / "report.html"
-    path.write_text("".join(parts), encoding="utf-8")
-    return path
+    return run_enhance(personalizer, [files(record)[0] for record in unseen], out).line()

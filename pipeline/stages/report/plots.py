@@ -88,11 +88,16 @@ def bar_chart(title: str, labels: Sequence[str], values: Sequence[float], *, x_l
 
 def histogram(title: str, values: Sequence[float], *, bins: int = 20, x_label: str = "",
               y_label: str = "count") -> str:
-    """A histogram of ``values`` in ``bins`` equal bins, the bin edges as labels."""
+    """A histogram of ``values`` in at most ``bins`` equal bins, the bin edges as labels.
+
+    Values that are all equal make one bar.
+    """
     if not values:
         return bar_chart(title, [], [])
     low, high = min(values), max(values)
-    width = (high - low) / bins or 1.0
+    if high == low:
+        return bar_chart(title, [_number(low)], [len(values)], x_label=x_label, y_label=y_label)
+    width = (high - low) / bins
     counts = [0] * bins
     for value in values:
         counts[min(int((value - low) / width), bins - 1)] += 1
