@@ -105,10 +105,12 @@ def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], 
     users_file = workspace.root / "demo" / "users.txt"
     users_file.write_text("\n".join([nsids[0], "sample-user-01", "https://www.flickr.com/photos/sample02/",
                                      "999999@N01", *nsids[3:]]) + "\n")
-    with ReplayServer(corpus, api_key=DEMO_KEY, faults=DEMO_FAULTS, seed=7) as server:
+    with ReplayServer(corpus, api_key=DEMO_KEY, faults=DEMO_FAULTS, seed=7) as server, \
+            progress(total=DEMO_USERS * DEMO_PER_USER, desc="crawl", unit="photo") as bar:
         summary = crawl(workspace, Source(users_file=users_file),
                         CrawlOptions(num_users=DEMO_USERS, per_user=DEMO_PER_USER, valid_refs=DEMO_VALID_REFS),
-                        Network(DEMO_KEY, DEMO_SECRET, server.rest_url, retry_base=0.05, timeout=5.0))
+                        Network(DEMO_KEY, DEMO_SECRET, server.rest_url, retry_base=0.05, timeout=5.0),
+                        on_photo=lambda record: bar.update())
     say(summary.line())
     write_ground_truth(workspace, truth)
 
@@ -142,14 +144,18 @@ def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], 
     from ..shard.write import run_shard
 
     plans, skipped = workspace_plan(workspace, maxcount=DEMO_SHARD_SAMPLES)
-    shard_summary = run_shard(workspace, plans, skipped, str(workspace.shards_dir()),
-                              client_factory=lambda: dask_client(None, workers))
+    with progress(total=sum(len(plan.pairs) for plan in plans), desc="shard", unit="sample") as bar:
+        shard_summary = run_shard(workspace, plans, skipped, str(workspace.shards_dir()),
+                                  client_factory=lambda: dask_client(None, workers),
+                                  on_done=lambda state: bar.update(state["samples"] + len(state["skipped"])))
     say(shard_summary.line())
     say(train_demo_model(workspace))
     say(evaluate_demo_model(workspace))
     say(enhance_demo_photos(workspace))
 
-    audit_report = audit_workspace(workspace, valid_refs=DEMO_VALID_REFS, shards=workspace.shards_dir())
+    with progress(desc="audit shards", unit="shard") as bar:
+        audit_report = audit_workspace(workspace, valid_refs=DEMO_VALID_REFS, shards=workspace.shards_dir(),
+                                       on_shard=lambda name: bar.update())
     say(audit_report.line())
     result.ok = audit_report.ok and rules_summary.done["failed"] == 0 and not shard_summary.skipped
     result.report = write_report(workspace, sheet_users=DEMO_USERS)
@@ -170,7 +176,14 @@ def train_demo_model(workspace: Workspace) -> str:
     config = TrainConfig(model=model, step1_epochs=1, step2_epochs=DEMO_STEP2_EPOCHS, step1_batch_size=8,
                          step2_batch_size=4, learning_rate=DEMO_LEARNING_RATE, num_preferred=5, valid_preferred=10, valid_pairs_per_user=5,
                          shuffle_buffer=64, num_workers=1, save_every=25, mixed_precision=False)
-    summary = train(config, read_data(str(workspace.shards_dir())), workspace.root / "msm", device="cpu")
+    with progress(desc="train", unit="step") as bar:
+        def on_log(part: str, metrics: dict) -> None:
+            if metrics.get("batch") is not None:  # an optimiser step, not an epoch's summary
+                bar.set_description(f"train {part}", refresh=False)
+                bar.update()
+
+        summary = train(config, read_data(str(workspace.shards_dir())), workspace.root / "msm", device="cpu",
+                        on_log=on_log)
     best = ", ".join(f"{part} valid PSNR {value:.2f} dB" if value == value else f"{part} not validated"
                      for part, value in summary.best_psnr.items())
     return (f"train: small networks at 64 px, {config.step1_epochs} + {config.step2_epochs} epochs ({best}) -> "
@@ -190,6 +203,7 @@ def evaluate_demo_model(workspace: Workspace) -> str:
 
     settings = Settings(num_preferred=(DEMO_PREFERRED,), draws=DEMO_DRAWS, size=DEMO_EVAL_SIZE, examples=3)
     outcome = run(workspace.root / "msm" / "model.pt", settings, shards=[str(workspace.shards_dir())],
+                  progress=lambda total: progress(total=total, desc="evaluate", unit="user"),
                   default_out=workspace.root / "evaluation")
     write_reports(outcome, workspace.root / "evaluation.json", workspace.root / "evaluation.html")
     scores = outcome.summary["table"].get(str(DEMO_PREFERRED), {})
@@ -220,4 +234,5 @@ def enhance_demo_photos(workspace: Workspace) -> str:
     personalizer = Personalizer.from_checkpoint(workspace.root / "msm" / "model.pt")
     personalizer.fit(PairReader([files(record) for record in references]))
     out = workspace.root / "demo" / "enhanced" / nsid
-    return run_enhance(personalizer, [files(record)[0] for record in unseen], out).line()
+    with progress(total=len(unseen), desc="enhance", unit="photo") as bar:
+        return run_enhance(personalizer, [files(record)[0] for record in unseen], out, on_done=bar.update).line()
