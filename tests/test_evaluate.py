@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from model.networks import MSM, MSMConfig
 from model.pca import StylePCA
 from model.reference import write_reference
 from model.train import TrainConfig, save_model
+from html_page import chromium, rendered
 from msm_fixtures import VALID_LAYOUT, write_msm_shards
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
@@ -237,47 +237,13 @@ def test_bad_inputs_are_one_line_each_with_the_documented_exit_codes(setup, tmp_
     assert no_users.returncode == 0 and "left out at that N" in no_users.stderr
 
 
-class _Tables(HTMLParser):
-    """Rows of the tables of a page, and the data: URIs of its images."""
-
-    def __init__(self):
-        super().__init__()
-        self.tables: dict[str, list[list[str]]] = {}
-        self.images: list[str] = []
-        self._table = self._row = None
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "table":
-            self._table = self.tables.setdefault(attrs.get("id", ""), [])
-        elif tag == "tr" and self._table is not None:
-            self._row = []
-            self._table.append(self._row)
-        elif tag == "img":
-            self.images.append(attrs.get("src", ""))
-
-    def handle_endtag(self, tag):
-        if tag == "table":
-            self._table = None
-
-    def handle_data(self, data):
-        if self._row is not None and data.strip():
-            self._row.append(data.strip())
-
-
 def test_the_html_page_renders_in_chromium_with_tables_and_example_sheets(setup, tmp_path):
-    chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is installed by `make test`"
     page = tmp_path / "evaluation.html"
     result = _pie(*_evaluate_args(setup, "--shards", str(setup["root"] / "shards"),
                                   extra=["--html", str(page), "--json", str(tmp_path / "e.json")]),
                   root=tmp_path / "ws")
     assert result.returncode == 0, result.stderr
-    browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*browser, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    parsed = _Tables()
-    parsed.feed(dom.stdout)
+    parsed = rendered(page, tmp_path)
     summary = json.loads((tmp_path / "e.json").read_text())
     rows = parsed.tables["summary"][1:]
     assert len(rows) == 2 * 4
@@ -285,7 +251,7 @@ def test_the_html_page_renders_in_chromium_with_tables_and_example_sheets(setup,
     assert msm_row[3].startswith(f"{summary['table']['2']['msm']['psnr']['mean']:.2f}")
     assert len(parsed.images) == 2 and all(src.startswith("data:image/jpeg;base64,") for src in parsed.images)
     shot = tmp_path / "shot.png"
-    subprocess.run([*browser, f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()],
+    subprocess.run([*chromium(tmp_path), f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()],
                    capture_output=True, timeout=120, check=True)
     pixels = np.asarray(Image.open(shot).convert("RGB"))
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 1000  # photographs, not only text on white

@@ -5,16 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 import subprocess
 import sys
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import status_fixtures
+from html_page import PageParts, rendered
 from manifests.workspace import Workspace
 from pipeline.imageio import read_image
 from pipeline.stages.report import write_report, write_report_files
@@ -53,43 +52,6 @@ window.addEventListener('load', () => {
 </script>"""
 
 
-class _Page(HTMLParser):
-    """Rows of every table by id, and the text of <pre id=probe>."""
-
-    def __init__(self):
-        super().__init__()
-        self.tables: dict[str, list[list[str]]] = {}
-        self._table = self._row = self._cell = None
-        self.probe, self._in_probe = "", False
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "table":
-            self._table = self.tables.setdefault(attrs.get("id", ""), [])
-        elif tag == "tr" and self._table is not None:
-            self._row = []
-            self._table.append(self._row)
-        elif tag in ("td", "th") and self._row is not None:
-            self._cell = ""
-        elif tag == "pre" and attrs.get("id") == "probe":
-            self._in_probe = True
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th") and self._cell is not None:
-            self._row.append(self._cell.strip())
-            self._cell = None
-        elif tag == "table":
-            self._table = None
-        elif tag == "pre":
-            self._in_probe = False
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell += data
-        if self._in_probe:
-            self.probe += data
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Workspace:
     return status_fixtures.build(tmp_path_factory.mktemp("report") / "ws")
@@ -99,17 +61,10 @@ def _pie(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([PIE, "--root", str(root), *args], capture_output=True, text=True, timeout=180)
 
 
-def _render(page: Path, tmp_path: Path) -> _Page:
-    chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is installed by `make test`"
+def _render(page: Path, tmp_path: Path) -> PageParts:
     probed = tmp_path / "probed.html"
     probed.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8")
-    browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
-               "--window-size=1280,2000", "--virtual-time-budget=10000"]
-    dom = subprocess.run([*browser, "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    parsed = _Page()
-    parsed.feed(dom.stdout)
+    parsed = rendered(probed, tmp_path, "--window-size=1280,2000", "--virtual-time-budget=10000")
     assert parsed.probe, "the probe script did not run"
     return parsed
 
