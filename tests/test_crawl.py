@@ -354,18 +354,24 @@ def test_failed_downloads_and_an_empty_user_file_exit_1_and_a_rerun_finishes(cor
     assert len(empty.stderr.strip().splitlines()) == 1
 
 
+def crawl_until_a_photo_is_kept(server, root: Path, users: Path, *flags: str, **popen) -> subprocess.Popen:
+    """The installed ``pie crawl`` (2 downloads in flight) in a subprocess, returned once a photo is on disk."""
+    pie = str(Path(sys.executable).with_name("pie"))
+    process = subprocess.Popen([pie, *crawl_args(server, root, users), "--concurrency", "2", *flags],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "NO_PROXY": "127.0.0.1"}, **popen)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(root.glob("flickr/*/*.jpg")):
+        time.sleep(0.02)
+    return process
+
+
 def test_ctrl_c_stops_the_crawl_and_its_check_processes_and_a_rerun_finishes(corpus, tmp_path):
     folder, nsids = corpus
     users = users_file(tmp_path, nsids)
-    pie = str(Path(sys.executable).with_name("pie"))
     with ReplayServer(folder, api_key=KEY, faults="img:slow=0.5,slow_seconds=0.3", seed=5) as server:
         root = tmp_path / "ws"
-        process = subprocess.Popen([pie, *crawl_args(server, root, users), "--concurrency", "2",
-                                    "--check-workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                   text=True, env={**os.environ, "NO_PROXY": "127.0.0.1"}, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not list(root.glob("flickr/*/*.jpg")):
-            time.sleep(0.02)
+        process = crawl_until_a_photo_is_kept(server, root, users, "--check-workers", "2", start_new_session=True)
         checkers = psutil.Process(process.pid).children(recursive=True)
         assert check_processes(checkers) == 2
         os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: the whole process group
@@ -382,15 +388,9 @@ def test_ctrl_c_stops_the_crawl_and_its_check_processes_and_a_rerun_finishes(cor
 def test_a_check_process_that_dies_stops_the_crawl_with_one_line_and_a_rerun_finishes(corpus, tmp_path):
     folder, nsids = corpus
     users = users_file(tmp_path, nsids)
-    pie = str(Path(sys.executable).with_name("pie"))
     with ReplayServer(folder, api_key=KEY, faults="img:slow=0.5,slow_seconds=0.3", seed=6) as server:
         root = tmp_path / "ws"
-        process = subprocess.Popen([pie, *crawl_args(server, root, users), "--concurrency", "2",
-                                    "--check-workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                   text=True, env={**os.environ, "NO_PROXY": "127.0.0.1"})
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not list(root.glob("flickr/*/*.jpg")):
-            time.sleep(0.02)
+        process = crawl_until_a_photo_is_kept(server, root, users, "--check-workers", "1")
         checker, = [child for child in psutil.Process(process.pid).children(recursive=True)
                     if "spawn_main" in " ".join(child.cmdline())]
         checker.kill()  # as the kernel's out-of-memory killer would
