@@ -49,6 +49,17 @@ def read_jsonl(path: Path) -> ReadResult:
     elif torn.strip():
         result.problems.append(f"{path}:{len(lines) + 1}: text after the last record is not a record "
                                "(appended by something else?)")
+    # One parse of the whole file, several times faster than a json.loads per line, when every line
+    # is one object; any doubt and the lines are parsed one by one below.
+    whole = [raw.strip() for raw in lines if raw.strip()]
+    if all(raw.startswith(b"{") and raw.endswith(b"}") for raw in whole):
+        try:
+            records = json.loads(b"[" + b",".join(whole) + b"]")
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            records = None
+        if records is not None and len(records) == len(whole) and all(isinstance(r, dict) for r in records):
+            result.records = records
+            return result
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue

@@ -64,6 +64,15 @@ def test_corrupt_middle_line_is_reported_with_its_number(tmp_path):
     assert any(":3: not a JSON object" in p for p in result.problems)
 
 
+def test_lines_that_only_parse_together_are_reported_one_by_one(tmp_path):
+    # Joined into one array these would read as three records; each line on its own is not one.
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"a": 1}, {"b": 2}\n{"c": 3}\n{"d": 4}, {"e": 5\n"f": 6}\n')
+    result = read_jsonl(path)
+    assert result.records == [{"c": 3}]
+    assert [p.split(":")[-2] for p in result.problems] == ["1", "3", "4"]
+
+
 def test_valid_record_passes_and_each_defect_is_named():
     assert validate_photo_record(photo_record())["status"] == "ok"
     with pytest.raises(RecordError, match="'width' is missing"):

@@ -55,24 +55,7 @@ class StatusError(ValueError):
 
 
 def read_records(path: Path) -> list[dict]:
-    """Every JSON object line of ``path`` in file order, parsed with one ``json.loads`` call.
-
-    A file with a torn last line or a damaged line falls back to
-    :func:`manifests.jsonl.read_jsonl`, which skips them. A missing file is empty.
-    """
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return []
-    text = data.decode("utf-8", errors="replace").strip()
-    if not text:
-        return []
-    try:
-        records = json.loads("[" + ",".join(line for line in text.split("\n") if line.strip()) + "]")
-    except json.JSONDecodeError:
-        return read_jsonl(path).records
-    if data.endswith(b"\n") and all(isinstance(record, dict) for record in records):
-        return records
+    """Every JSON object line of ``path`` in file order (:func:`manifests.jsonl.read_jsonl`); a missing file is empty."""
     return read_jsonl(path).records
 
 
