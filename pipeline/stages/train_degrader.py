@@ -98,7 +98,6 @@ class TrainDegraderSummary:
     steps: int
     pairs: int
     held_out: int
-    problems: list[str] = field(default_factory=list)
     last: dict = field(default_factory=dict)
 
     def line(self) -> str:
@@ -137,7 +136,7 @@ def run_train_degrader(workspace: Workspace, config: TrainConfig, checkpoint: Pa
         raise NoPairs("no training pairs: run `pie rules` first")
     checkpoint = Path(checkpoint or workspace.degrader_checkpoint())
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    summary = TrainDegraderSummary(checkpoint, config.steps, len(pairs), len(valid), list(problems))
+    summary = TrainDegraderSummary(checkpoint, config.steps, len(pairs), len(valid))
     loss_log = LossLog(loss_log_path(checkpoint), config.steps)
 
     def logged(step: int, metrics: dict) -> None:
