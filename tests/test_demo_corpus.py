@@ -16,6 +16,7 @@ from pipeline.stages.crawl.crawler import CrawlOptions
 from pipeline.stages.crawl.stage import Network, Source, crawl
 from pipeline.stages.demo.corpus import (LOOK_CENTRE, WARM_COOL_THRESHOLD, Style, UserLooks, blue_red_balance,
                                          build_corpus, look_pair, sample_looks)
+from pipeline.stages.demo.headroom import look_headroom
 from pipeline.stages.demo.truth import write_ground_truth
 from pipeline.stages.report.images import ground_truth_path, ground_truth_psnr, psnr
 from pipeline.stages.status import flickr_photos
@@ -169,3 +170,48 @@ def test_ground_truth_psnr_on_a_tiny_workspace(tmp_path):
 def test_ground_truth_psnr_without_truth_is_empty(tmp_path):
     assert ground_truth_psnr(Workspace(tmp_path), {}).as_dict() == {
         "count": 0, "unreadable": 0, "pseudo_psnr": None, "retouched_psnr": None}
+
+
+def headroom_workspace(root: Path, degrade) -> tuple[Workspace, Path]:
+    """One user, four photos per look (warm: red up, blue down; cool: the reverse); ``degrade(retouched, truth)``."""
+    workspace, corpus = Workspace(root), root / "corpus"
+    rng = np.random.default_rng(3)
+    nsid = "12345@N01"
+    records = []
+    for index in range(8):
+        look = "warm" if index % 2 else "cool"
+        photo_id = str(1000 + index)
+        truth = rng.integers(40, 200, (24, 24, 3)).astype(np.float64)
+        gains = np.array([1.25, 1.0, 0.75]) if look == "warm" else np.array([0.75, 1.0, 1.25])
+        retouched = np.clip(truth * gains, 0, 255).astype(np.uint8)
+        pseudo = np.clip(degrade(retouched.astype(np.float64), truth), 0, 255).astype(np.uint8)
+        write_photo(workspace, f"ground-truth/flickr/{nsid}/{photo_id}.png", truth.astype(np.uint8))
+        (corpus / nsid).mkdir(parents=True, exist_ok=True)
+        (corpus / nsid / f"{photo_id}.json").write_text(json.dumps({"look": look}))
+        records.append({"photo_id": photo_id, "status": "ok",
+                        "file": write_photo(workspace, f"flickr/{nsid}/{photo_id}.png", retouched),
+                        "degraded": {"file": write_photo(workspace, f"degraded/{nsid}/{photo_id}.png", pseudo)}})
+    workspace.flickr_manifest(nsid).append(records)
+    return workspace, corpus
+
+
+def test_look_headroom_survives_a_degrader_that_recovers_the_originals(tmp_path):
+    workspace, corpus = headroom_workspace(tmp_path, lambda retouched, truth: truth)
+    headroom = look_headroom(workspace, corpus)
+    assert len(headroom.true_blind) == len(headroom.pseudo_blind) == 8
+    assert headroom.true_gain > 5.0
+    assert headroom.pseudo_gain == pytest.approx(headroom.true_gain, abs=0.5)
+    assert "on the true pairs" in headroom.line()
+
+
+def test_look_headroom_vanishes_behind_a_content_blind_degrader(tmp_path):
+    workspace, corpus = headroom_workspace(tmp_path, lambda retouched, truth: retouched * 0.8 + 10)
+    headroom = look_headroom(workspace, corpus)
+    assert headroom.true_gain > 5.0
+    assert abs(headroom.pseudo_gain) < 0.5
+
+
+def test_look_headroom_without_looks_is_empty(tmp_path):
+    workspace, _ = headroom_workspace(tmp_path, lambda retouched, truth: truth)
+    headroom = look_headroom(workspace, tmp_path / "no-corpus")
+    assert not headroom.true_blind and headroom.line().startswith("content: no user")

@@ -9,7 +9,8 @@
    FiveK originals) on a local Dask cluster;
 4. ``train-degrader`` and ``degrade``: a small DSN trained briefly on those
    pairs, then run over the crawl, its pseudo originals measured against the
-   true originals beside the retouched photos;
+   true originals beside the retouched photos, and how much of the users'
+   content-dependent looks the pseudo pairs keep (:mod:`pipeline.stages.demo.headroom`);
 5. ``shard``: every pair into WebDataset shards with ``index.json``;
 6. ``train``: the small masked style modeling networks at 64 px, briefly,
    from the shards;
@@ -43,6 +44,7 @@ from ..report import write_report
 from ..report.images import ground_truth_psnr
 from ..status import flickr_photos
 from .corpus import build_corpus, source_photographs
+from .headroom import look_headroom
 from .truth import write_ground_truth
 
 log = logging.getLogger("pie.demo")
@@ -139,6 +141,7 @@ def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], 
     truth = ground_truth_psnr(workspace, flickr_photos(workspace)).as_dict()
     say(f"degrade: pseudo originals {truth['pseudo_psnr']} dB from the true originals, retouched photos "
         f"{truth['retouched_psnr']} dB ({truth['count']} photos)")
+    say(look_headroom(workspace, corpus).line())
 
     from ..shard.plan import workspace_plan
     from ..shard.write import run_shard
