@@ -150,3 +150,21 @@ def test_empty_index_and_missing_hashes():
 def test_distance_limit_outside_the_64_bits_is_refused(max_distance):
     with pytest.raises(ValueError, match="0 to 63 bits"):
         DuplicateIndex(max_distance=max_distance)
+
+
+def test_reduced_hash_has_the_bits_of_imagehash_phash():
+    """The 8x8 low-frequency DCT taken as two matrix products gives imagehash's pHash bit for bit."""
+    import imagehash
+    from PIL import Image
+    from skimage import data
+
+    from pipeline.stages.crawl.dedupe import reduced_hash
+
+    rng = np.random.default_rng(4)
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.camera()]
+    images = [Image.fromarray(rng.integers(0, 256, (rng.integers(32, 90), rng.integers(32, 90), 3), dtype=np.uint8))
+              for _ in range(40)]
+    images += [Image.fromarray(photo).resize((80, 60)) for photo in photos]
+    for image in images:
+        expected = int(np.packbits(imagehash.phash(image).hash.flatten().astype(np.uint8)).view(">u8")[0])
+        assert reduced_hash(image) == expected
