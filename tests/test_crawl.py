@@ -57,8 +57,8 @@ def final_state(root: Path) -> dict[tuple[str, str], tuple]:
     return state
 
 
-def check_processes(processes: list[psutil.Process]) -> int:
-    """How many of ``processes`` are pool workers (multiprocessing also starts a resource tracker)."""
+def download_processes(processes: list[psutil.Process]) -> int:
+    """How many of ``processes`` are download processes (multiprocessing also starts a resource tracker)."""
     return sum("spawn_main" in " ".join(process.cmdline()) for process in processes)
 
 
@@ -277,13 +277,13 @@ def test_kill_minus_nine_then_resume_equals_a_straight_run(corpus, tmp_path):
             if sum(len(p.read_bytes().splitlines()) for p in manifests) >= 8:
                 break
             time.sleep(0.02)
-        checkers = psutil.Process(process.pid).children(recursive=True)
-        assert check_processes(checkers) == 2
+        workers = psutil.Process(process.pid).children(recursive=True)
+        assert download_processes(workers) == 2
         process.send_signal(signal.SIGKILL)
         process.wait()
         interrupted = final_state(killed)
         assert 0 < sum(1 for status, *_ in interrupted.values() if status == "ok") < 24
-        assert not psutil.wait_procs(checkers, timeout=10)[1]  # none left behind
+        assert not psutil.wait_procs(workers, timeout=10)[1]  # none left behind
 
         result = CliRunner().invoke(cli, crawl_args(server, killed, users))
     assert result.exit_code == 0, result.output
@@ -366,26 +366,26 @@ def crawl_until_a_photo_is_kept(server, root: Path, users: Path, *flags: str, **
     return process
 
 
-def test_ctrl_c_stops_the_crawl_and_its_check_processes_and_a_rerun_finishes(corpus, tmp_path):
+def test_ctrl_c_stops_the_crawl_and_its_download_processes_and_a_rerun_finishes(corpus, tmp_path):
     folder, nsids = corpus
     users = users_file(tmp_path, nsids)
     with ReplayServer(folder, api_key=KEY, faults="img:slow=0.5,slow_seconds=0.3", seed=5) as server:
         root = tmp_path / "ws"
         process = crawl_until_a_photo_is_kept(server, root, users, "--check-workers", "2", start_new_session=True)
-        checkers = psutil.Process(process.pid).children(recursive=True)
-        assert check_processes(checkers) == 2
+        workers = psutil.Process(process.pid).children(recursive=True)
+        assert download_processes(workers) == 2
         os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: the whole process group
         _, stderr = process.communicate(timeout=60)
         assert process.returncode == 130, stderr
-        assert "Traceback" not in stderr
-        assert not psutil.wait_procs(checkers, timeout=5)[1]
+        assert "Traceback" not in stderr, stderr
+        assert not psutil.wait_procs(workers, timeout=5)[1]
         result = CliRunner().invoke(cli, crawl_args(server, root, users))
     assert result.exit_code == 0, result.output
     assert audit(Workspace(root)).ok
     assert not [path for path in root.rglob("*") if ".part-" in path.name]
 
 
-def test_a_check_process_that_dies_stops_the_crawl_with_one_line_and_a_rerun_finishes(corpus, tmp_path):
+def test_a_download_process_that_dies_stops_the_crawl_with_one_line_and_a_rerun_finishes(corpus, tmp_path):
     folder, nsids = corpus
     users = users_file(tmp_path, nsids)
     with ReplayServer(folder, api_key=KEY, faults="img:slow=0.5,slow_seconds=0.3", seed=6) as server:
@@ -396,7 +396,7 @@ def test_a_check_process_that_dies_stops_the_crawl_with_one_line_and_a_rerun_fin
         checker.kill()  # as the kernel's out-of-memory killer would
         _, stderr = process.communicate(timeout=60)
         assert process.returncode == 1
-        assert stderr.strip().splitlines() == ["Error: a process checking downloaded images died (out of memory?); "
+        assert stderr.strip().splitlines() == ["Error: a process downloading and checking images died (out of memory?); "
                                                "rerun the same command to resume"]
         result = CliRunner().invoke(cli, crawl_args(server, root, users))
     assert result.exit_code == 0, result.output

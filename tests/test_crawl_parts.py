@@ -215,7 +215,7 @@ def test_audit_of_a_missing_or_empty_workspace_fails(tmp_path):
     assert empty.returncode == 1 and "no manifest" in empty.stderr
 
 
-# Checking downloads in worker processes -------------------------------------------------------------
+# Downloading and checking in worker processes ------------------------------------------------------
 
 
 def _jpeg(seed: int, size: tuple[int, int] = (300, 200)) -> bytes:
@@ -226,49 +226,105 @@ def _jpeg(seed: int, size: tuple[int, int] = (300, 200)) -> bytes:
     return encode_jpeg(np.kron(coarse, np.ones((20, 20, 1), dtype=np.uint8)), quality=90)
 
 
-def test_pool_checks_equal_in_thread_checks_and_write_the_temporary(tmp_path):
+@pytest.fixture
+def body_server(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving the files of a folder; yields (folder, base URL)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_fetch_pool_gives_the_in_thread_outcomes_and_writes_the_temporaries(tmp_path, body_server):
     from manifests.files import PARTIAL_MARK
     from pipeline.imageio import decode_image
-    from pipeline.stages.crawl.imagecheck import CheckPool, check_image
+    from pipeline.stages.crawl.download import Downloader
+    from pipeline.stages.crawl.fetchpool import FetchPool
 
+    folder, base = body_server
     bodies = [_jpeg(seed) for seed in range(4)] + [b"<html>busy</html>", _jpeg(9, size=(120, 80))]
-    in_thread = [check_image(body, f"u{index}", 100) for index, body in enumerate(bodies)]
-    with CheckPool(2) as pool:
-        pooled = [pool.check(body, f"u{index}", 100, tmp_path / f"{index}.jpg") for index, body in enumerate(bodies)]
-    assert [c.status for c in pooled] == ["ok"] * 4 + ["not-an-image", "too-small"]
-    for body, mine, theirs in zip(bodies, in_thread, pooled):
-        assert (mine.sha256, mine.phash, mine.width, mine.height, mine.reason) == \
-               (theirs.sha256, theirs.phash, theirs.width, theirs.height, theirs.reason)
+    for index, body in enumerate(bodies):
+        (folder / f"{index}.jpg").write_bytes(body)
+    urls = [f"{base}/{index}.jpg" for index in range(len(bodies))] + [f"{base}/missing.jpg"]
+    out_thread, out_pool = tmp_path / "thread", tmp_path / "pool"
+    out_thread.mkdir(), out_pool.mkdir()
+    options = dict(concurrency=4, per_host=4, min_side=100, timeout=5.0)
+    with Downloader(**options) as downloader:
+        in_thread = [downloader.submit(url, out_thread / f"{i}.jpg").result() for i, url in enumerate(urls)]
+    with FetchPool(2, **options) as pool:
+        futures = [pool.submit(url, out_pool / f"{i}.jpg") for i, url in enumerate(urls)]
+        pooled = [future.result(timeout=60) for future in futures]
+    assert [f.status for f in pooled] == ["ok"] * 4 + ["rejected", "rejected", "failed"]
+    for body, mine, theirs in zip(bodies + [b""], in_thread, pooled):
+        assert (mine.status, mine.sha256, mine.phash, mine.width, mine.height, mine.size, mine.reason) == \
+               (theirs.status, theirs.sha256, theirs.phash, theirs.width, theirs.height, theirs.size, theirs.reason)
         if theirs.status == "ok":
-            assert theirs.phash == perceptual_hash(decode_image(body).as_uint8())
+            assert theirs.phash == perceptual_hash(decode_image(body).as_uint8()) and theirs.size == len(body)
             assert PARTIAL_MARK in theirs.temporary.name and theirs.temporary.read_bytes() == body
-    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(c.temporary.name for c in pooled[:4])
-    assert len({c.phash for c in pooled[:4]}) == 4
+    assert sorted(path.name for path in out_pool.iterdir()) == sorted(f.temporary.name for f in pooled[:4])
+    assert len({f.phash for f in pooled[:4]}) == 4
 
 
-def test_a_failed_temporary_write_names_the_target(tmp_path):
-    from pipeline.stages.crawl.imagecheck import CheckPool
+def test_a_failed_temporary_write_names_the_target(tmp_path, body_server):
+    from pipeline.stages.crawl.fetchpool import FetchPool
 
-    with CheckPool(1) as pool, pytest.raises(OSError, match="nowhere/1.jpg"):
-        pool.check(_jpeg(1), "u", 100, tmp_path / "nowhere" / "1.jpg")
+    folder, base = body_server
+    (folder / "1.jpg").write_bytes(_jpeg(1))
+    with FetchPool(1, min_side=100) as pool:
+        future = pool.submit(f"{base}/1.jpg", tmp_path / "nowhere" / "1.jpg")
+        with pytest.raises(OSError, match="nowhere/1.jpg"):
+            future.result(timeout=60)
+
+
+def test_closing_the_pool_drops_the_downloads_not_started(tmp_path, body_server):
+    from pipeline.stages.crawl.fetchpool import FetchPool
+
+    folder, base = body_server
+    (folder / "1.jpg").write_bytes(_jpeg(1))
+    pool = FetchPool(1, concurrency=1, min_side=100)
+    futures = [pool.submit(f"{base}/1.jpg", None) for _ in range(200)]
+    assert futures[0].result(timeout=60).status == "ok"
+    pool.close()
+    assert all(future.done() for future in futures)
+    assert any(future.cancelled() for future in futures)
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.submit(f"{base}/1.jpg")
 
 
 _POOL_CHILD = """
 import sys, time
-from pipeline.stages.crawl.imagecheck import CheckPool
-pool = CheckPool(2)
-pool.check(open(sys.argv[1], "rb").read(), "u", 100)
-print("ready", flush=True)
-time.sleep(60)
+from pipeline.stages.crawl.fetchpool import FetchPool
+if __name__ == "__main__":
+    pool = FetchPool(2, min_side=100)
+    assert pool.submit(sys.argv[1]).result(timeout=60).status == "ok"
+    print("ready", flush=True)
+    time.sleep(60)
 """
 
 
-def test_check_processes_exit_when_the_crawl_is_killed(tmp_path):
+def test_download_processes_exit_when_the_crawl_is_killed(tmp_path, body_server):
     import psutil
 
-    photo = tmp_path / "photo.jpg"
-    photo.write_bytes(_jpeg(2))
-    parent = subprocess.Popen([sys.executable, "-c", _POOL_CHILD, str(photo)], stdout=subprocess.PIPE, text=True)
+    folder, base = body_server
+    (folder / "photo.jpg").write_bytes(_jpeg(2))
+    script = tmp_path / "child.py"
+    script.write_text(_POOL_CHILD)
+    parent = subprocess.Popen([sys.executable, str(script), f"{base}/photo.jpg"], stdout=subprocess.PIPE, text=True)
     try:
         assert parent.stdout.readline().strip() == "ready"
         workers = [child for child in psutil.Process(parent.pid).children(recursive=True)
@@ -279,6 +335,25 @@ def test_check_processes_exit_when_the_crawl_is_killed(tmp_path):
         parent.wait()
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive
+
+
+def test_a_dead_download_process_fails_the_waiting_downloads(tmp_path, body_server):
+    from concurrent.futures.process import BrokenProcessPool
+
+    import psutil
+
+    from pipeline.stages.crawl.fetchpool import FetchPool
+
+    folder, base = body_server
+    (folder / "1.jpg").write_bytes(_jpeg(1))
+    with FetchPool(1, min_side=100) as pool:
+        assert pool.submit(f"{base}/1.jpg").result(timeout=60).status == "ok"
+        for child in psutil.Process().children():
+            if "spawn_main" in " ".join(child.cmdline()):
+                child.kill()
+        waiting = pool.submit(f"{base}/1.jpg")
+        with pytest.raises(BrokenProcessPool):
+            waiting.result(timeout=30)
 
 
 def test_user_folder_is_checked_once_and_links_out_of_the_workspace_are_refused(tmp_path):

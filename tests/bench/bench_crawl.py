@@ -5,8 +5,8 @@ All fetch the same list of 640-px JPEGs (Flickr size ``z``) from a
 
 * ``pie crawl``: API listing, concurrent downloads, full decode, size check,
   SHA-256 and perceptual-hash duplicate checks, atomic writes, manifests; once
-  with its default pool of check processes and once with the checks in the
-  download threads;
+  with its default download processes (downloads and checks in worker
+  processes) and once with both in threads of the crawl process;
 * img2dataset 1.47.0 (in its own virtual environment, as it pins an old
   webdataset), ``--resize_mode no --disable_all_reencoding True``: files
   output, the same thread count, SHA-256 of each file, *no decoding*;
@@ -49,7 +49,7 @@ os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
 from manifests.workspace import Workspace  # noqa: E402
 from pipeline.stages.demo.corpus import source_photographs  # noqa: E402
 from pipeline.stages.crawl.crawler import CrawlOptions  # noqa: E402
-from pipeline.stages.crawl.imagecheck import default_workers  # noqa: E402
+from pipeline.stages.crawl.fetchpool import default_workers  # noqa: E402
 from pipeline.stages.crawl.stage import Network, Source, crawl  # noqa: E402
 from pipeline.imageio import encode_jpeg, read_image  # noqa: E402
 
@@ -215,9 +215,9 @@ def main() -> None:
             if binary is None:
                 print("img2dataset could not be installed; its rows are missing")
             contenders = {
-                f"pie crawl ({pool} check process{'es' if pool != 1 else ''})":
+                f"pie crawl ({pool} download process{'es' if pool != 1 else ''})":
                     lambda: run_pie(rest_url, nsids, args.per_user, workdir, args.concurrency, pool),
-                "pie crawl (checks in threads)":
+                "pie crawl (in threads)":
                     lambda: run_pie(rest_url, nsids, args.per_user, workdir, args.concurrency, 0),
                 **({"img2dataset": lambda: run_img2dataset(binary, urls, workdir, args.concurrency)}
                    if binary else {}),

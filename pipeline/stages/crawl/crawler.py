@@ -1,6 +1,7 @@
 """The crawl stage: users in, per-user photo folders and manifests out.
 
-Flow (one process; downloads on a thread pool):
+Flow (one process lists and commits; downloads and their checks run in worker
+processes, :class:`.fetchpool.FetchPool`, or on a thread pool):
 
 1. A listing thread walks the user source (user file, crawl list, discovery),
    spends about one API call per user on people.getPublicPhotos (cached in
@@ -9,8 +10,8 @@ Flow (one process; downloads on a thread pool):
    :class:`UserPlan` to the main thread.
 2. The main thread keeps a window of downloads in flight and *commits* their
    results strictly in submission order: duplicate check, atomic file write
-   (the download's worker already wrote the body under a temporary name beside
-   its path; the commit renames it), record. Committing in a fixed order makes
+   (the download's worker already checked the body and wrote it under a
+   temporary name beside its path; the commit renames it), record. Committing in a fixed order makes
    the outcome independent of network timing, so a crawl killed at any point
    and rerun ends in the same state as one that ran straight through. The
    commit does no decoding, hashing or path resolution: each user's folder is
@@ -52,6 +53,7 @@ from . import splits
 from .api import ApiError, ApiKeyRejected, FlickrClient, NotFound
 from .dedupe import DuplicateIndex
 from .download import Downloader, Fetched
+from .fetchpool import FetchPool
 from .listing import SIZE_EXTRAS, Candidate, ReplyError, candidate_from_entry, candidate_from_url, extras_for, \
     parse_photo_page, rewrite_for_mirror
 from .users import UserRef, read_resolved, resolve_user, write_resolved
@@ -247,7 +249,7 @@ class _UserState:
 class Crawler:
     """Runs one crawl over a workspace; see the module docstring for the flow."""
 
-    def __init__(self, workspace: Workspace, client: FlickrClient | None, downloader: Downloader,
+    def __init__(self, workspace: Workspace, client: FlickrClient | None, downloader: Downloader | FetchPool,
                  options: CrawlOptions, *, on_photo: Callable[[dict], None] | None = None):
         self.workspace = workspace
         self.client = client
@@ -308,7 +310,7 @@ class Crawler:
             "fetched_at": utc_now(), "split": state.split, "source": state.plan.source,
         }
         if fetched is not None and status == "ok":
-            record.update(width=fetched.width, height=fetched.height, bytes=len(fetched.data),
+            record.update(width=fetched.width, height=fetched.height, bytes=fetched.size,
                           sha256=fetched.sha256, phash=f"{fetched.phash:016x}")
         return record
 
@@ -340,7 +342,7 @@ class Crawler:
                 file = f"flickr/{state.plan.nsid}/{name}"
                 self.index.add(key, fetched.sha256, fetched.phash)
                 state.ok.add(candidate.photo_id)
-                self.summary.bytes += len(fetched.data)
+                self.summary.bytes += fetched.size
         record = self._record(state, candidate, status, reason=reason, fetched=fetched, file=file)
         state.latest[candidate.photo_id] = record
         self.summary.count(record)
@@ -406,7 +408,7 @@ class Crawler:
                 try:
                     fetched = future.result()
                 except BrokenProcessPool:
-                    raise CrawlAborted("a process checking downloaded images died (out of memory?); rerun the "
+                    raise CrawlAborted("a process downloading and checking images died (out of memory?); rerun the "
                                        "same command to resume") from None
                 self._commit(state, candidate, fetched)
                 if self._wants_more(state):

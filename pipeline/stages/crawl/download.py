@@ -1,10 +1,10 @@
 """Concurrent image downloads with per-host limits, retries and validation.
 
 A download is kept only if it decodes fully as an image whose shorter side is
-at least ``min_side`` pixels (:mod:`.imagecheck` does the decoding, hashing and
-writing of the temporary file, in worker processes when given a
-:class:`.imagecheck.CheckPool`; :mod:`pipeline.imageio` keeps its
-decompression-bomb limit). Transient failures (HTTP 429 and 5xx, timeouts,
+at least ``min_side`` pixels (:func:`.imagecheck.check_image` does the decoding,
+hashing and writing of the temporary file in the download thread;
+:mod:`pipeline.imageio` keeps its decompression-bomb limit;
+:class:`.fetchpool.FetchPool` runs downloaders in worker processes). Transient failures (HTTP 429 and 5xx, timeouts,
 dropped or truncated bodies) are retried with exponential backoff and jitter;
 a body that is not an image is retried once, as CDNs sometimes answer with an
 HTML error page.
@@ -32,14 +32,14 @@ import urllib3
 from urllib3.exceptions import HTTPError, MaxRetryError, TimeoutError as Urllib3Timeout
 
 from .api import RetryPolicy
-from .imagecheck import CheckPool
+from .imagecheck import check_image
 
 USER_AGENT = "pie-crawler/0.1 (+personalized image enhancement research dataset)"
 
 
 @dataclass(frozen=True)
 class Fetched:
-    """Outcome of one download: either ``data`` with its facts, or a failure ``reason``.
+    """Outcome of one download: either the facts of the accepted body (``size`` in bytes), or a failure ``reason``.
 
     ``temporary`` is the body written beside the target given to
     :meth:`Downloader.submit`, for the caller to rename into place or remove.
@@ -49,7 +49,7 @@ class Fetched:
     status: str  # "ok", "failed" or "rejected"
     attempts: int
     reason: str | None = None
-    data: bytes | None = None
+    size: int | None = None
     sha256: str | None = None
     width: int | None = None
     height: int | None = None
@@ -74,19 +74,15 @@ class Downloader:
         Seconds for the connection and for each read.
     min_side : int
         Smallest accepted shorter side, pixels.
-    checks : CheckPool, optional
-        Where bodies are decoded and hashed; default: in the download thread.
     """
 
     def __init__(self, *, concurrency: int = 16, per_host: int = 8, timeout: float = 15.0, min_side: int = 256,
-                 retry: RetryPolicy | None = None, seed: int = 0, max_bytes: int = 64 * 2**20,
-                 checks: CheckPool | None = None):
+                 retry: RetryPolicy | None = None, seed: int = 0, max_bytes: int = 64 * 2**20):
         if concurrency < 1 or per_host < 1:
             raise ValueError("concurrency and per_host must be at least 1")
         self.timeout = timeout
         self.min_side = min_side
         self.max_bytes = max_bytes
-        self.checks = checks or CheckPool(0)
         self.retry = retry or RetryPolicy(attempts=5, base=1.0, cap=30.0)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="pie-download")
         self._per_host = per_host
@@ -95,7 +91,6 @@ class Downloader:
         self._managers: dict[tuple[str, str], urllib3.PoolManager] = {}
         self._proxies = urllib.request.getproxies()
         self._rng = random.Random(seed)
-        self.bytes_downloaded = 0
 
     def submit(self, url: str, target: Path | None = None) -> Future:
         """Start fetching ``url``; the future's result is a :class:`Fetched`.
@@ -170,8 +165,6 @@ class Downloader:
                 response.close()  # its connection is not reused: the rest of the body is unread
                 raise
             response.release_conn()
-            with self._lock:
-                self.bytes_downloaded += len(body)
             return body
 
     def fetch(self, url: str, target: Path | None = None) -> Fetched:
@@ -189,14 +182,14 @@ class Downloader:
                 continue
             except ValueError as exc:
                 return Fetched(url, "failed", attempts, reason=str(exc))
-            checked = self.checks.check(data, url, self.min_side, target)
+            checked = check_image(data, url, self.min_side, target)
             if checked.status == "not-an-image" and not_image_retries > 0 and attempts < self.retry.attempts:
                 not_image_retries -= 1
                 time.sleep(self._delay(attempts - 1))
                 continue
             if checked.status != "ok":
                 return Fetched(url, "rejected", attempts, reason=f"{checked.status}: {checked.reason}")
-            return Fetched(url, "ok", attempts, data=data, sha256=checked.sha256, width=checked.width,
+            return Fetched(url, "ok", attempts, size=len(data), sha256=checked.sha256, width=checked.width,
                            height=checked.height, phash=checked.phash, temporary=checked.temporary)
 
     def _delay(self, retry: int) -> float:

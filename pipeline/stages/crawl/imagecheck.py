@@ -7,13 +7,11 @@ as by a decode at full size, but the inverse DCT runs on 1/64 of the pixels of
 one channel, with no colour conversion, and the result is the pHash input
 itself (:func:`.dedupe.perceptual_hash`), with no resize. That is about 0.7 ms
 of CPU for a 640-px JPEG against 2.5 ms for a full decode followed by a
-resize. Any other format, and any JPEG that this path
-does not accept, is decoded fully by :func:`pipeline.imageio.decode_image`,
-which also names the problem of a bad file. The work runs in a small pool of
-worker processes (:class:`CheckPool`), so the download threads and the
-in-order commit of the crawl process do not wait for the GIL behind it, and
-the crawl itself stays one process with one API budget. A body that
-passes is written under a temporary name beside its final path (the
+resize. Any other format, and any JPEG that this path does not accept, is
+decoded fully by :func:`pipeline.imageio.decode_image`, which also names the
+problem of a bad file. It runs in the download thread, in the crawl's worker
+processes (:class:`.fetchpool.FetchPool`). A body that passes is written under
+a temporary name beside its final path (the
 :data:`manifests.files.PARTIAL_MARK` convention), so committing it is one
 rename on the crawl's main thread.
 """
@@ -24,13 +22,8 @@ import hashlib
 import io
 import itertools
 import os
-import signal
-import threading
-import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 from PIL import Image
@@ -140,64 +133,3 @@ def _reduced_jpeg(data: bytes) -> tuple[int, int, Image.Image] | None:
         if orientation >= 5:
             width, height = height, width
     return width, height, image
-
-
-def _worker_start(parent: int) -> None:
-    """Set up a pool process: Ctrl-C is the crawl's to handle, one OpenCV thread, exit with the crawl."""
-    import cv2
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    cv2.setNumThreads(1)
-
-    def watch() -> None:  # a crawl killed with SIGKILL cannot shut its pool down
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="pie-parent-watch", daemon=True).start()
-
-
-def _ready() -> None:
-    """A no-op task that makes the pool start a process."""
-
-
-class CheckPool:
-    """:func:`check_image` on ``workers`` processes, or in the calling thread when ``workers`` is 0.
-
-    Processes are started with ``spawn`` (never forked from a process with
-    running threads; so a script that crawls must do so under
-    ``if __name__ == "__main__":``), all of them at once, ignore SIGINT (the crawl stops them on Ctrl-C through
-    :meth:`close`) and exit on their own within a second when the crawl
-    process dies, even by SIGKILL.
-    """
-
-    def __init__(self, workers: int):
-        if workers < 0:
-            raise ValueError(f"workers must be 0 or more, not {workers}")
-        self.workers = workers
-        self._executor = None if workers == 0 else ProcessPoolExecutor(
-            workers, mp_context=get_context("spawn"), initializer=_worker_start, initargs=(os.getpid(),))
-        for _ in range(workers):  # start every process now (about 1 s of imports each), while users are listed
-            self._executor.submit(_ready)
-
-    def check(self, data: bytes, source: str, min_side: int, target: Path | None = None) -> Checked:
-        """:func:`check_image` of one body; blocks the calling (download) thread until it is done."""
-        if self._executor is None:
-            return check_image(data, source, min_side, target)
-        return self._executor.submit(check_image, data, source, min_side, target).result()
-
-    def close(self) -> None:
-        """Stop the worker processes, dropping queued checks, and wait for them to exit."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-
-    def __enter__(self) -> "CheckPool":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def default_workers() -> int:
-    """Check processes for this machine: one core is left to the download threads and the commit, at most 4."""
-    return max(0, min(4, (os.cpu_count() or 1) - 1))

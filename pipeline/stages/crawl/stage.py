@@ -18,7 +18,7 @@ from .budget import ApiBudget
 from .crawler import CrawlOptions, Crawler, CrawlSummary, Prefetch, plans_for_discovery, plans_for_list, \
     plans_for_users
 from .download import Downloader
-from .imagecheck import CheckPool, default_workers
+from .fetchpool import FetchPool, default_workers
 from .users import discover_owners, read_crawl_list, read_user_file
 
 #: Mean bytes of a 640-px Flickr JPEG, for the dry-run estimate.
@@ -59,7 +59,7 @@ class Network:
     per_host: int = 8
     min_side: int = 256
     seed: int = 0
-    #: Processes that decode and hash the downloads (0: the download threads do it); None: :func:`default_workers`.
+    #: Processes that download and check the photos (0: threads of the crawl process); None: :func:`default_workers`.
     check_workers: int | None = None
 
 
@@ -109,10 +109,10 @@ def crawl(workspace: Workspace, source: Source, options: CrawlOptions, network: 
     retry = RetryPolicy(attempts=network.attempts, base=network.retry_base / 2, cap=30.0)
     workers = default_workers() if network.check_workers is None else network.check_workers
     prefetch = Prefetch(plans)
+    settings = dict(concurrency=network.concurrency, per_host=network.per_host, timeout=network.timeout,
+                    min_side=network.min_side, retry=retry, seed=network.seed)
     try:
-        with CheckPool(workers) as checks, \
-                Downloader(concurrency=network.concurrency, per_host=network.per_host, timeout=network.timeout,
-                           min_side=network.min_side, retry=retry, seed=network.seed, checks=checks) as downloader:
+        with (FetchPool(workers, **settings) if workers else Downloader(**settings)) as downloader:
             return Crawler(workspace, client, downloader, options, on_photo=on_photo).run(prefetch)
     finally:
         prefetch.close()

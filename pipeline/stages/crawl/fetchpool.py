@@ -1,0 +1,206 @@
+"""Downloads and their checks in worker processes, each with its share of the download threads.
+
+A photo costs the crawl about 0.3 ms of CPU to download and 1 ms to check
+(:mod:`.imagecheck`: decode, hashes, temporary file), far more than the 0.25 ms
+its in-order commit takes. :class:`FetchPool` runs both in ``workers``
+processes, each a :class:`.download.Downloader` of ``ceil(concurrency /
+workers)`` threads that checks in those threads, so the crawl process only
+lists, commits and records, and neither its GIL nor a pipe of image bodies
+sits between a download and its check: what comes back is a
+:class:`.download.Fetched` of a few hundred bytes. Per-host limits and
+retries hold per process (``ceil(per_host / workers)`` connections to one
+host in each).
+
+Requests go out on one queue, so a process takes a download only when one of
+its threads is free. Processes are started with ``spawn`` (never forked from
+a process with running threads; so a script that crawls must do so under
+``if __name__ == "__main__":``), ignore SIGINT (the crawl stops them on
+Ctrl-C through :meth:`FetchPool.close`), and exit on their own within a second
+when the crawl process dies, even by SIGKILL. A process that dies while
+downloading (out of memory, killed) fails every download still waiting with
+``BrokenProcessPool``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import signal
+import threading
+import time
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
+from pathlib import Path
+
+from .download import Downloader, Fetched
+
+#: Seconds between checks that every worker process is still alive.
+_ALIVE_EVERY = 0.5
+
+
+def default_workers() -> int:
+    """Download processes for this machine: one per core, at most 4 (the crawl process itself needs little)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit this process when the crawl process ``parent`` is gone (a crawl killed by SIGKILL cannot stop us)."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+
+
+def _serve(requests, results, stopping, parent: int, threads: int, settings: dict) -> None:
+    """A worker process: take ``(key, url, target)`` requests while a thread is free; put ``(key, fetched, error)``."""
+    import cv2
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="pie-parent-watch", daemon=True).start()
+    free = threading.BoundedSemaphore(threads)
+
+    def send(key: int, future: Future) -> None:
+        error = future.exception()
+        results.put((key, None, f"{type(error).__name__}: {error}") if error else (key, future.result(), None))
+        free.release()
+
+    with Downloader(concurrency=threads, **settings) as downloader:
+        while True:
+            free.acquire()
+            item = requests.get()
+            if item is None:
+                return
+            key, url, target = item
+            if stopping.is_set():  # closing: the crawl no longer waits for it
+                results.put((key, None, None))
+                free.release()
+                continue
+            downloader.submit(url, target).add_done_callback(lambda future, key=key: send(key, future))
+
+
+class FetchPool:
+    """:meth:`.download.Downloader.submit` with the downloads and checks in ``workers`` processes.
+
+    Parameters are those of :class:`.download.Downloader`: ``concurrency``
+    downloads in flight in all, at most ``per_host`` to one host, split
+    evenly (rounded up) over the processes.
+    """
+
+    def __init__(self, workers: int, *, concurrency: int = 16, per_host: int = 8, timeout: float = 15.0,
+                 min_side: int = 256, retry=None, seed: int = 0, max_bytes: int = 64 * 2**20):
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
+        if concurrency < 1 or per_host < 1:
+            raise ValueError("concurrency and per_host must be at least 1")
+        context = get_context("spawn")
+        self._requests, self._results, self._stopping = context.Queue(), context.Queue(), context.Event()
+        threads = -(-concurrency // workers)
+        self._processes = []
+        for index in range(workers):
+            settings = dict(per_host=-(-per_host // workers), timeout=timeout, min_side=min_side, retry=retry,
+                            seed=seed + index, max_bytes=max_bytes)
+            self._processes.append(context.Process(
+                target=_serve, args=(self._requests, self._results, self._stopping, os.getpid(), threads, settings),
+                name=f"pie-fetch-{index}", daemon=True))
+        # SIGINT is blocked while the processes start, and they inherit that: a Ctrl-C to the whole process
+        # group cannot interrupt their imports (about 1 s, while the first users are listed) with a traceback;
+        # the crawl itself gets it as soon as the mask is back.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for process in self._processes:
+                process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        self._futures: dict[int, Future] = {}
+        self._keys = itertools.count()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._broken: BaseException | None = None
+        self._listener = threading.Thread(target=self._listen, name="pie-fetch-results", daemon=True)
+        self._listener.start()
+
+    def submit(self, url: str, target: Path | None = None) -> Future:
+        """Start fetching ``url``; the future's result is a :class:`.download.Fetched`.
+
+        With ``target``, an accepted body is also written beside it under a
+        temporary name (``Fetched.temporary``); its folder must exist.
+        """
+        future: Future = Future()
+        key = next(self._keys)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the fetch pool is closed")
+            if self._broken is not None:
+                future.set_exception(self._broken)
+                return future
+            self._futures[key] = future
+        self._requests.put((key, url, target))
+        return future
+
+    def _listen(self) -> None:
+        """Resolve the futures from the processes' results; fail them all if a process dies."""
+        while True:
+            try:
+                item = self._results.get(timeout=_ALIVE_EVERY)
+            except queue.Empty:
+                if self._closed:  # closing: the processes are finishing their downloads
+                    continue
+                if any(process.exitcode is not None for process in self._processes):
+                    self._fail_all(BrokenProcessPool("a download process exited"))
+                    return
+                continue
+            if item is None:
+                return
+            key, fetched, error = item
+            with self._lock:
+                future = self._futures.pop(key, None)
+            try:
+                if future is None:  # failed or dropped already
+                    raise InvalidStateError
+                if error is not None:
+                    future.set_exception(OSError(error))
+                elif fetched is None:  # not started: the pool is closing
+                    future.cancel()
+                else:
+                    future.set_result(fetched)
+            except InvalidStateError:  # nobody waits for it, so nothing will rename its temporary
+                if fetched is not None and fetched.temporary is not None:
+                    fetched.temporary.unlink(missing_ok=True)
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._lock:
+            self._broken = error
+            waiting, self._futures = self._futures, {}
+        for future in waiting.values():
+            future.set_exception(error)
+
+    def close(self) -> None:
+        """Stop the processes: downloads not started are dropped, those under way finish first."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stopping.set()
+        for _ in self._processes:
+            self._requests.put(None)
+        for process in self._processes:
+            process.join(timeout=60)
+            if process.exitcode is None:
+                process.kill()
+                process.join()
+        self._results.put(None)
+        self._listener.join()
+        with self._lock:
+            left, self._futures = self._futures, {}
+        for future in left.values():
+            future.cancel()
+        self._requests.close()
+        self._results.close()
+
+    def __enter__(self) -> "FetchPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
