@@ -34,7 +34,7 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 
-from .download import Downloader, Fetched
+from .download import Downloader
 
 #: Seconds between checks that every worker process is still alive.
 _ALIVE_EVERY = 0.5
