@@ -1,11 +1,12 @@
 """Concurrent image downloads with per-host limits, retries and validation.
 
 A download is kept only if it decodes fully as an image whose shorter side is
-at least ``min_side`` pixels (:func:`.imagecheck.check_image` does the decoding,
-hashing and writing of the temporary file in the download thread;
+at least ``min_side`` pixels (:func:`.imagecheck.check_image` does the
+decoding, hashing and writing of the temporary file in the download thread;
 :mod:`pipeline.imageio` keeps its decompression-bomb limit;
-:class:`.fetchpool.FetchPool` runs downloaders in worker processes). Transient failures (HTTP 429 and 5xx, timeouts,
-dropped or truncated bodies) are retried with exponential backoff and jitter;
+:class:`.fetchpool.FetchPool` runs downloaders in worker processes).
+Transient failures (HTTP 429 and 5xx, timeouts, dropped or truncated bodies)
+are retried with exponential backoff and jitter;
 a body that is not an image is retried once, as CDNs sometimes answer with an
 HTML error page.
 
