@@ -34,7 +34,7 @@ import functools
 import hashlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -390,40 +390,42 @@ def _run_tasks(client, tasks: list[_Task], on_result: Callable[[dict], None]) ->
     """Run ``tasks`` on ``client``, calling ``on_result`` with each record as results arrive.
 
     A task that raises or takes its worker down (out of memory, say: Dask
-    gives up on it with ``KilledWorker``) is run again as its ``split``
-    tasks, one at a time so that a part which kills its worker takes no
-    other part with it; one that cannot be split gives its ``failed``
-    records instead of ending the stage.
+    gives up on it with ``KilledWorker``, and on every other task the worker
+    held) is run again as its ``split`` tasks once the other tasks are done,
+    one at a time with nothing else on the cluster, so that a part which
+    kills its worker takes no other work with it; one that cannot be split
+    gives its ``failed`` records instead of ending the stage.
     """
     from distributed import as_completed
 
-    if not tasks:
-        return
-    submitted: dict = {}  # future -> (its task, the parts to run after it)
+    retries: deque[_Task] = deque()
 
-    def submit(task: _Task, after: list[_Task]):
-        future = client.submit(task.function, *task.args, pure=False, key=f"{task.key}-{time.monotonic_ns()}")
-        submitted[future] = (task, after)
-        return future
+    def submit(task: _Task):
+        return client.submit(task.function, *task.args, pure=False, key=f"{task.key}-{time.monotonic_ns()}")
 
-    running = as_completed([submit(task, []) for task in tasks])
+    def outcome(task: _Task, future) -> list[dict]:
+        try:
+            records = future.result()
+        except Exception as exc:  # the worker died or the task raised: that work fails, the rest go on
+            parts = task.split()
+            retries.extend(parts)
+            records = [] if parts else task.failed(
+                f"task failed: {exc.__class__.__name__}: {exc}".splitlines()[0][:300])
+        future.release()
+        return records
+
+    submitted = {submit(task): task for task in tasks}
     try:
-        for future in running:
-            task, after = submitted.pop(future)
-            try:
-                records = future.result()
-            except Exception as exc:  # the worker died or the task raised: that work fails, the rest go on
-                parts = task.split()
-                if parts:
-                    after = parts + after
-                    records = []
-                else:
-                    records = task.failed(f"task failed: {exc.__class__.__name__}: {exc}".splitlines()[0][:300])
-            future.release()
-            if after:
-                running.add(submit(after[0], after[1:]))
-            for record in records:
+        for future in as_completed(list(submitted)):
+            for record in outcome(submitted.pop(future), future):
                 on_result(record)
+        while retries:
+            task = retries.popleft()
+            future = submit(task)
+            submitted[future] = task
+            for record in outcome(task, future):
+                on_result(record)
+            del submitted[future]
     finally:
         for future in submitted:
             future.cancel()

@@ -161,14 +161,14 @@ class FetchPool:
             try:
                 item = self._results.get(timeout=_ALIVE_EVERY)
             except queue.Empty:
-                if self._closed:  # closing: the processes are finishing their downloads
-                    continue
-                if any(process.exitcode is not None for process in self._processes):
+                exited = [process.exitcode is not None for process in self._processes]
+                if self._closed:  # closing: done once every process has finished its downloads and exited
+                    if all(exited):
+                        return
+                elif any(exited):
                     self._fail_all(BrokenProcessPool("a download process exited"))
                     return
                 continue
-            if item is None:
-                return
             key, fetched, error = item
             with self._lock:
                 future = self._futures.pop(key, None)
@@ -191,19 +191,23 @@ class FetchPool:
         self._stopping.set()
         for _ in self._processes:
             self._requests.put(None)
+        # A process killed while writing a result leaves that queue's lock taken: the others may then never
+        # exit, so a broken pool is not waited for long, and nothing here writes to the results queue.
+        broken = self._broken is not None or any(process.exitcode is not None for process in self._processes)
+        patience = 5.0 if broken else 60.0
         for process in self._processes:
-            process.join(timeout=60)
+            process.join(timeout=patience)
             if process.exitcode is None:
                 process.kill()
                 process.join()
-        self._results.put(None)
         self._listener.join()
         with self._lock:
             left, self._futures = self._futures, {}
         for future in left.values():
             future.cancel()
-        self._requests.close()
-        self._results.close()
+        for channel in (self._requests, self._results):
+            channel.cancel_join_thread()  # what a dead process left unread must not keep the crawl from exiting
+            channel.close()
 
     def __enter__(self) -> "FetchPool":
         return self
