@@ -197,7 +197,7 @@ def headroom_workspace(root: Path, degrade) -> tuple[Workspace, Path]:
 
 def test_look_headroom_survives_a_degrader_that_recovers_the_originals(tmp_path):
     workspace, corpus = headroom_workspace(tmp_path, lambda retouched, truth: truth)
-    headroom = look_headroom(workspace, corpus)
+    headroom = look_headroom(workspace, flickr_photos(workspace), corpus)
     assert len(headroom.true_blind) == len(headroom.pseudo_blind) == 8
     assert headroom.true_gain > 5.0
     assert headroom.pseudo_gain == pytest.approx(headroom.true_gain, abs=0.5)
@@ -206,12 +206,12 @@ def test_look_headroom_survives_a_degrader_that_recovers_the_originals(tmp_path)
 
 def test_look_headroom_vanishes_behind_a_content_blind_degrader(tmp_path):
     workspace, corpus = headroom_workspace(tmp_path, lambda retouched, truth: retouched * 0.8 + 10)
-    headroom = look_headroom(workspace, corpus)
+    headroom = look_headroom(workspace, flickr_photos(workspace), corpus)
     assert headroom.true_gain > 5.0
     assert abs(headroom.pseudo_gain) < 0.5
 
 
 def test_look_headroom_without_looks_is_empty(tmp_path):
     workspace, _ = headroom_workspace(tmp_path, lambda retouched, truth: truth)
-    headroom = look_headroom(workspace, tmp_path / "no-corpus")
+    headroom = look_headroom(workspace, flickr_photos(workspace), tmp_path / "no-corpus")
     assert not headroom.true_blind and headroom.line().startswith("content: no user")

@@ -11,11 +11,12 @@ processes, :class:`.fetchpool.FetchPool`, or on a thread pool):
 2. The main thread keeps a window of downloads in flight and *commits* their
    results strictly in submission order: duplicate check, atomic file write
    (the download's worker already checked the body and wrote it under a
-   temporary name beside its path; the commit renames it), record. Committing in a fixed order makes
-   the outcome independent of network timing, so a crawl killed at any point
-   and rerun ends in the same state as one that ran straight through. The
-   commit does no decoding, hashing or path resolution: each user's folder is
-   resolved once, and photo paths are joined from validated ids.
+   temporary name beside its path; the commit renames it), record.
+   Committing in a fixed order makes the outcome independent of network
+   timing, so a crawl killed at any point and rerun ends in the same state
+   as one that ran straight through. The commit does no decoding, hashing
+   or path resolution: each user's folder is resolved once, and photo paths
+   are joined from validated ids.
 3. A user is finalised once it has ``per_user`` kept photos or no candidates
    left: a valid user's reference photos get their split, and a user record is
    appended to ``ROOT/manifests/flickr-users.jsonl``.

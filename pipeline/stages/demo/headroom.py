@@ -23,18 +23,16 @@ find.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from manifests.jsonl import latest_by
 from manifests.workspace import Workspace
 
 from ...imageio import ImageError, read_image
-from ..report.images import ground_truth_path
+from ..report.images import ground_truth_path, psnr
 
 #: Side (pixels) of the square every image is scored at; the mappings are global, so detail does not matter.
 SIDE = 64
@@ -66,8 +64,7 @@ def _score(photo: _Photo, others: list[_Photo]) -> float:
     """PSNR (dB) of ``photo`` mapped by the least-squares mapping of ``others``."""
     normal = sum(other.normal for other in others) + 1e-6 * np.eye(10)
     mapping = np.linalg.solve(normal, sum(other.moment for other in others))
-    error = float(np.mean((np.clip(photo.features @ mapping, 0.0, 1.0) - photo.target) ** 2))
-    return 10.0 * math.log10(1.0 / max(error, 1e-12))
+    return psnr(np.clip(photo.features @ mapping, 0.0, 1.0) * 255.0, photo.target * 255.0)
 
 
 @dataclass
@@ -106,16 +103,17 @@ def _small(image: np.ndarray) -> np.ndarray:
     return cv2.resize(image, (SIDE, SIDE), interpolation=cv2.INTER_AREA).astype(np.float64) / 255.0
 
 
-def look_headroom(workspace: Workspace, corpus: Path) -> Headroom:
+def look_headroom(workspace: Workspace, photos: dict[str, dict[str, dict]], corpus: Path) -> Headroom:
     """:class:`Headroom` over every degraded photo with ground truth whose look ``corpus`` records.
 
-    A photo counts when its user has at least one other photo of each look,
+    ``photos`` is ``{nsid: {photo_id: latest record}}``
+    (:func:`pipeline.stages.status.flickr_photos`). A photo counts when its user has at least one other photo of each look,
     so both mappings are fitted; unreadable files are passed over.
     """
     result = Headroom()
-    for nsid in workspace.crawled_users():
+    for nsid in sorted(photos):
         true_pairs, pseudo_pairs = [], []
-        for record in latest_by(workspace.flickr_manifest(nsid).read().records, "photo_id").values():
+        for record in photos[nsid].values():
             degraded = record.get("degraded") or {}
             meta_path = Path(corpus) / nsid / f"{record['photo_id']}.json"
             truth_path = ground_truth_path(workspace, nsid, record["photo_id"])

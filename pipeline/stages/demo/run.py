@@ -138,10 +138,11 @@ def run_demo(workspace: Workspace, *, workers: int = 2, report: Callable[[str], 
     with progress(desc="degrade", unit="photo") as bar:
         say(run_degrade(workspace, workspace.degrader_checkpoint(), client_factory=lambda: dask_client(None, workers),
                         on_done=bar.update).line())
-    truth = ground_truth_psnr(workspace, flickr_photos(workspace)).as_dict()
+    photos = flickr_photos(workspace)
+    truth = ground_truth_psnr(workspace, photos).as_dict()
     say(f"degrade: pseudo originals {truth['pseudo_psnr']} dB from the true originals, retouched photos "
         f"{truth['retouched_psnr']} dB ({truth['count']} photos)")
-    say(look_headroom(workspace, corpus).line())
+    say(look_headroom(workspace, photos, corpus).line())
 
     from ..shard.plan import workspace_plan
     from ..shard.write import run_shard

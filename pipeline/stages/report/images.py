@@ -45,7 +45,8 @@ def thumbnail_uri(path: Path, side: int = THUMB_SIDE, quality: int = 80) -> str 
 
 
 def psnr(image: np.ndarray, reference: np.ndarray) -> float:
-    """PSNR in dB of two uint8 RGB arrays of one shape (peak 255; about 148 dB for identical images)."""
+    """PSNR in dB of two RGB arrays of one shape on the 0-255 scale, uint8 or float (peak 255; about 148 dB
+    for identical images)."""
     error = np.mean((image.astype(np.float64) - reference.astype(np.float64)) ** 2)
     return 10.0 * math.log10(255.0 ** 2 / max(float(error), MSE_FLOOR))
 
