@@ -35,7 +35,7 @@ from typing import Callable
 import msgspec
 
 from manifests.files import write_atomic
-from manifests.jsonl import read_jsonl
+from manifests.jsonl import latest_by, read_jsonl
 from manifests.licenses import sorted_ids
 from manifests.workspace import Workspace
 
@@ -59,15 +59,10 @@ def read_records(path: Path) -> list[dict]:
     return read_jsonl(path).records
 
 
-def latest(records: list[dict], key: str) -> dict[str, dict]:
-    """The last record for each value of ``key``."""
-    return {record[key]: record for record in records if isinstance(record.get(key), str)}
-
-
 def flickr_photos(workspace: Workspace) -> dict[str, dict[str, dict]]:
     """``{nsid: {photo_id: latest record}}`` of every crawled user."""
     folder = workspace.flickr_manifest_dir()
-    return {nsid: latest(read_records(folder / f"{nsid}.jsonl"), "photo_id") for nsid in workspace.crawled_users()}
+    return {nsid: latest_by(read_records(folder / f"{nsid}.jsonl"), "photo_id") for nsid in workspace.crawled_users()}
 
 
 # ---------------------------------------------------------------- per-file summaries, cached
@@ -231,7 +226,7 @@ def crawl_status(workspace: Workspace, summaries: dict[str, dict], per_user: int
     manifest, else ``per_user``; ``per_user`` in the result is the most
     common target.
     """
-    user_records = latest(read_records(workspace.flickr_users_manifest().path), "user")
+    user_records = latest_by(read_records(workspace.flickr_users_manifest().path), "user")
     listing_dir = workspace.root / "state" / "flickr"
     listed = {path.name.split(".")[0] for path in listing_dir.glob("*.listing.json")} if listing_dir.is_dir() \
         else set()
@@ -289,7 +284,7 @@ def rules_status(workspace: Workspace, cache: SummaryCache) -> dict:
     prepared_stamp = _stamp(prepared_path)
 
     def prepared_names() -> dict:
-        prepared = latest(read_records(prepared_path), "name")
+        prepared = latest_by(read_records(prepared_path), "name")
         return {"ready": sorted(name for name, record in prepared.items() if record.get("status") == "ok"),
                 "total": len(prepared)}
 
@@ -420,7 +415,7 @@ def evaluation_status(workspace: Workspace) -> dict:
             description = json.loads((run / "run.json").read_text())
         except (OSError, ValueError):
             continue
-        users = latest(read_records(run / "users.jsonl"), "user")
+        users = latest_by(read_records(run / "users.jsonl"), "user")
         table: dict[str, dict[str, list[float]]] = {}
         for record in users.values():
             for n, methods in (record.get("scores") or {}).items():

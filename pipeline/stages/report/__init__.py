@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from manifests.files import write_atomic
+from manifests.jsonl import latest_by
 from manifests.workspace import Workspace
 
-from ..status import DEFAULT_PER_USER, flickr_photos, latest, read_loss_log, read_msm_metrics, read_records, \
+from ..status import DEFAULT_PER_USER, flickr_photos, read_loss_log, read_msm_metrics, read_records, \
     workspace_status
 from ..train_degrader import loss_log_path
 from . import page
@@ -39,7 +40,7 @@ def rule_examples(workspace: Workspace) -> dict[str, dict]:
     folder = workspace.root / "manifests" / "rules"
     examples = {}
     for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-        outputs = latest(read_records(path), "name")
+        outputs = latest_by(read_records(path), "name")
         ok = [outputs[name] for name in sorted(outputs) if outputs[name].get("status") == "ok"]
         if ok:
             examples[path.stem] = ok[0]
