@@ -409,18 +409,3 @@ def test_jpeg_fast_path_agrees_with_a_full_decode():
     png = encode_png(data.coffee())
     assert _reduced_jpeg(png) is None and check_image(png, "p", 100).phash == perceptual_hash(data.coffee())
     assert check_image(encode_jpeg(data.coffee()[:90]), "s", 100).status == "too-small"
-
-
-def test_downloads_honour_proxy_settings(monkeypatch):
-    import urllib3
-
-    from pipeline.stages.crawl.download import Downloader
-
-    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
-    monkeypatch.setenv("no_proxy", "mirror.example")
-    with Downloader(concurrency=1) as downloader:
-        _, proxied = downloader._slot_and_manager("http://live.staticflickr.com/1/2_ab_z.jpg")
-        _, direct = downloader._slot_and_manager("http://mirror.example/1/2_ab_z.jpg")
-        again = downloader._slot_and_manager("http://live.staticflickr.com/1/3_ab_z.jpg")[1]
-    assert isinstance(proxied, urllib3.ProxyManager) and proxied.proxy.port == 9 and again is proxied
-    assert not isinstance(direct, urllib3.ProxyManager)

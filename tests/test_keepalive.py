@@ -1,0 +1,212 @@
+"""The crawl's HTTP client against real servers on 127.0.0.1: keep-alive, redirects, limits, failures, proxies."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from pipeline.stages.crawl.keepalive import KeepAliveClient, PermanentError, TransientError
+
+BODY = bytes(range(256)) * 40
+
+
+class Scripted(BaseHTTPRequestHandler):
+    """Answers by path; records each request's path, headers and client port on the server."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        self.server.seen.append((self.command, self.path, dict(self.headers), self.client_address[1]))
+        path = self.path
+        if path.startswith("http://"):  # as a proxy: answer for the origin itself
+            path = "/" + path.split("/", 3)[3]
+        if path == "/body":
+            self._reply(200, BODY)
+        elif path == "/drop-after":  # keeps the connection's promise but closes it after the reply
+            self._reply(200, BODY)
+            self.close_connection = True
+        elif path.startswith("/redirect-"):
+            hops = int(path.rsplit("-", 1)[1])
+            self._reply(302, b"moved", location="/body" if hops == 0 else f"/redirect-{hops - 1}")
+        elif path == "/loop":
+            self._reply(301, b"", location="/loop")
+        elif path.startswith("/status-"):
+            self._reply(int(path.rsplit("-", 1)[1]), b"<html>no</html>")
+        elif path == "/short":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(BODY)))
+            self.end_headers()
+            self.wfile.write(BODY[:1000])
+            self.close_connection = True
+        elif path == "/unsized":  # no Content-Length: the body runs to the connection's end
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(BODY)
+            self.close_connection = True
+        elif path == "/slow":
+            time.sleep(1.0)
+            self._reply(200, BODY)
+        else:
+            self._reply(404, b"")
+
+    def do_CONNECT(self):  # noqa: N802 - http.server's name
+        self.server.seen.append((self.command, self.path, dict(self.headers), self.client_address[1]))
+        self._reply(403, b"")
+
+    def _reply(self, status: int, body: bytes, location: str | None = None):
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        if location:
+            self.send_header("Location", location)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server():
+    """A :class:`Scripted` server; yields (base URL, the list of requests it has seen)."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
+    httpd.seen = []
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd.seen
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def client(**overrides) -> KeepAliveClient:
+    return KeepAliveClient(**{"timeout": 5.0, "max_bytes": 1 << 20, "headers": {"User-Agent": "pie-test"}, **overrides})
+
+
+def test_requests_from_one_thread_share_one_connection(server):
+    base, seen = server
+    http = client()
+    try:
+        assert all(http.get(f"{base}/body") == BODY for _ in range(5))
+        with pytest.raises(PermanentError, match="http-404"):
+            http.get(f"{base}/status-404")
+        assert http.get(f"{base}/body") == BODY  # a short error body is read, so the connection carries on
+    finally:
+        http.close()
+    assert len({port for *_, port in seen}) == 1 and len(seen) == 7
+    assert all(headers["User-Agent"] == "pie-test" and headers["Host"] == base[7:] for _, _, headers, _ in seen)
+
+
+def test_each_thread_has_its_own_connection(server):
+    base, seen = server
+    http = client()
+    barrier = threading.Barrier(3)
+
+    def work():
+        barrier.wait()
+        for _ in range(3):
+            assert http.get(f"{base}/body") == BODY
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    http.close()
+    assert len(seen) == 9 and len({port for *_, port in seen}) == 3
+
+
+def test_a_connection_the_server_closed_is_reopened_without_an_error(server):
+    base, seen = server
+    http = client()
+    assert http.get(f"{base}/drop-after") == BODY
+    time.sleep(0.1)
+    assert http.get(f"{base}/body") == BODY
+    http.close()
+    assert [path for _, path, _, _ in seen] == ["/drop-after", "/body"] and seen[0][3] != seen[1][3]
+
+
+def test_redirects_are_followed_up_to_the_limit(server):
+    base, seen = server
+    http = client()
+    assert http.get(f"{base}/redirect-3") == BODY
+    assert [path for _, path, _, _ in seen] == ["/redirect-3", "/redirect-2", "/redirect-1", "/redirect-0", "/body"]
+    with pytest.raises(PermanentError, match="too-many-redirects"):
+        http.get(f"{base}/loop")
+    http.close()
+
+
+@pytest.mark.parametrize(("path", "error", "reason"), [
+    ("/status-503", TransientError, "http-503"),
+    ("/status-429", TransientError, "http-429"),
+    ("/status-403", PermanentError, "http-403"),
+    ("/short", TransientError, "truncated"),
+])
+def test_failures_are_transient_or_permanent(server, path, error, reason):
+    base, _ = server
+    http = client()
+    with pytest.raises(error) as raised:
+        http.get(base + path)
+    assert str(raised.value) == reason
+    assert http.get(f"{base}/body") == BODY  # the client is still usable
+    http.close()
+
+
+def test_body_limits_with_and_without_a_length(server):
+    base, _ = server
+    small = client(max_bytes=len(BODY) - 1)
+    with pytest.raises(PermanentError, match="too-large: 10240 bytes exceed"):
+        small.get(f"{base}/body")
+    with pytest.raises(PermanentError, match="too-large: more than"):
+        small.get(f"{base}/unsized")
+    assert client().get(f"{base}/unsized") == BODY
+
+
+def test_timeouts_and_refused_connections_are_transient(server):
+    base, _ = server
+    with pytest.raises(TransientError, match="timeout"):
+        client(timeout=0.2).get(f"{base}/slow")
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    with pytest.raises(TransientError, match="connection-failed"):
+        client().get(f"http://127.0.0.1:{closed_port}/body")
+    with pytest.raises(PermanentError, match="not an http"):
+        client().get("ftp://127.0.0.1/body")
+
+
+def test_http_goes_through_the_proxy_with_its_credentials_unless_bypassed(server, monkeypatch):
+    base, seen = server
+    port = base.rsplit(":", 1)[1]
+    monkeypatch.setenv("http_proxy", f"http://pie%40lab:s3cret@127.0.0.1:{port}")
+    monkeypatch.setenv("no_proxy", "localhost")
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    http = client()
+    assert http.get("http://photos.example/body") == BODY
+    assert http.get(f"http://localhost:{port}/body") == BODY
+    http.close()
+    (method, proxied, headers, _), (_, direct, direct_headers, _) = seen
+    assert (method, proxied, headers["Host"]) == ("GET", "http://photos.example/body", "photos.example")
+    assert headers["Proxy-Authorization"] == "Basic " + base64.b64encode(b"pie@lab:s3cret").decode()
+    assert direct == "/body" and "Proxy-Authorization" not in direct_headers
+
+
+def test_https_goes_through_a_connect_tunnel(server, monkeypatch):
+    base, seen = server
+    monkeypatch.setenv("https_proxy", f"http://pie:s3cret@{base[7:]}")
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.setenv("no_proxy", "")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    with pytest.raises(TransientError, match="connection-failed"):  # this proxy refuses tunnels (403)
+        client().get("https://photos.example/body")
+    method, path, headers, _ = seen[-1]
+    assert (method, path) == ("CONNECT", "photos.example:443")
+    assert headers["Proxy-Authorization"] == "Basic " + base64.b64encode(b"pie:s3cret").decode()
