@@ -1,7 +1,7 @@
 """Downloads and their checks in worker processes, each with its share of the download threads.
 
 A photo costs the crawl about 0.1 ms of CPU to download and 1 ms to check
-(:mod:`.imagecheck`: decode, hashes, temporary file), more than the 0.25 ms its
+(:mod:`.imagecheck`: decode, hashes, temporary file), more than the 0.3 ms its
 listing, in-order commit and record take. :class:`FetchPool` runs both in ``workers``
 processes, each with ``ceil(concurrency / workers)`` threads that take a
 request, call :meth:`.download.Downloader.fetch` (download, then check in the
