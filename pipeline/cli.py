@@ -73,6 +73,17 @@ def one_at_a_time(stage: str):
     return decorate
 
 
+def cluster_options(
+    scheduler_help: str = "Address of a running Dask scheduler (tcp://host:8786); default a local cluster.",
+    workers_help: str = "Worker processes of the local cluster  [default: all cores].",
+):
+    """``--scheduler`` (also ``PIE_DASK_SCHEDULER``) and ``--workers`` of the commands that run on Dask."""
+    scheduler = click.option("--scheduler", default=None, envvar="PIE_DASK_SCHEDULER", show_envvar=True,
+                             help=scheduler_help)
+    workers = click.option("--workers", type=click.IntRange(1), default=None, help=workers_help)
+    return lambda command: scheduler(workers(command))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("pie-data"),
               envvar="PIE_ROOT", show_default=True, show_envvar=True,
@@ -258,10 +269,8 @@ def flickr_replay(session: Session, directory, host, port, api_key, faults, seed
                    "[default: the last --test-count by name].")
 @click.option("--test-count", type=click.IntRange(0), default=500, show_default=True,
               help="Without --test-list: the last K images by name are the experts' test set (FiveK: 4,500/500).")
-@click.option("--scheduler", default=None, envvar="PIE_DASK_SCHEDULER", show_envvar=True,
-              help="Address of a running Dask scheduler (tcp://host:8786); default a local cluster.")
-@click.option("--workers", type=click.IntRange(1), default=None,
-              help="Worker processes of the local cluster; 1 decodes in this process  [default: all cores].")
+@cluster_options(workers_help="Worker processes of the local cluster; 1 decodes in this process  "
+                              "[default: all cores].")
 @pass_session
 @one_at_a_time("fivek")
 def fivek(session: Session, directory, experts, names_file, max_side, test_list, test_count, scheduler,
@@ -332,10 +341,7 @@ def _all_rules(presets_dir: Path | None) -> dict:
               help="Shrink originals so their longest side is at most this many pixels first.")
 @click.option("--presets", "presets_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of extra Lightroom presets (.xmp, .lrtemplate), each an extra pseudo-user.")
-@click.option("--scheduler", default=None, envvar="PIE_DASK_SCHEDULER", show_envvar=True,
-              help="Address of a running Dask scheduler (tcp://host:8786); default a local cluster.")
-@click.option("--workers", type=click.IntRange(1), default=None,
-              help="Worker processes of the local cluster  [default: all cores].")
+@cluster_options()
 @click.pass_context
 def rules(ctx: click.Context, fivek, names_file, only, max_side, presets_dir, scheduler, workers) -> None:
     """Apply the 25 rule-based enhancers to FiveK originals: 25 pseudo-users in ROOT/rules/."""
@@ -505,10 +511,7 @@ def train_degrader(session: Session, model_size, blocks, channels, subnet_channe
               help="Photos per batch (per Dask task on CPUs).")
 @click.option("--device", default="auto", show_default=True,
               help="auto, cpu, cuda or cuda:N; CPUs run batches as Dask tasks.")
-@click.option("--scheduler", default=None, envvar="PIE_DASK_SCHEDULER", show_envvar=True,
-              help="Address of a running Dask scheduler (CPU only); default a local cluster.")
-@click.option("--workers", type=click.IntRange(1), default=None,
-              help="Worker processes of the local cluster  [default: all cores].")
+@cluster_options(scheduler_help="Address of a running Dask scheduler (CPU only); default a local cluster.")
 @pass_session
 @one_at_a_time("degrade")
 def degrade(session: Session, checkpoint, image_format, quality, batch_size, device, scheduler, workers) -> None:
@@ -545,10 +548,8 @@ SOURCES = ("flickr", "rules")
 @click.option("--maxsize", default="256MB", show_default=True,
               help="Largest shard, e.g. 256MB or 1GiB (a user is split only when it alone is larger).")
 @click.option("--only", type=click.Choice(SOURCES), default=None, help="Shard only Flickr pairs or only rule pairs.")
-@click.option("--scheduler", default=None, envvar="PIE_DASK_SCHEDULER", show_envvar=True,
-              help="Address of a running Dask scheduler whose workers see ROOT; default a local cluster.")
-@click.option("--workers", type=click.IntRange(1), default=None,
-              help="Worker processes of the local cluster  [default: all cores].")
+@cluster_options(scheduler_help="Address of a running Dask scheduler whose workers see ROOT; default a local "
+                                "cluster.")
 @pass_session
 @one_at_a_time("shard")
 def shard(session: Session, out, maxcount, maxsize, only, scheduler, workers) -> None:
