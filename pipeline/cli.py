@@ -165,7 +165,7 @@ def option_names(command: click.Command) -> Names:
               help="Downloads in flight to one host.")
 @click.option("--check-workers", type=click.IntRange(0, 64), default=None,
               help="Processes that download and check (decode, hash) the photos, each with its share of "
-                   "--concurrency; 0 keeps both in threads of the crawl process  [default: CPU cores, at most 4].")
+                   "--concurrency; 0 keeps both in the crawl process  [default: CPU cores, at most 4].")
 @click.option("--timeout", type=click.FloatRange(0.1), default=15.0, show_default=True,
               help="Seconds to wait for a connection or a read.")
 @click.option("--attempts", type=click.IntRange(1, 20), default=5, show_default=True,

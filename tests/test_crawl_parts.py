@@ -306,6 +306,35 @@ def test_closing_the_pool_drops_the_downloads_not_started(tmp_path, body_server)
         pool.submit(f"{base}/1.jpg")
 
 
+def test_downloader_futures_behave_as_a_thread_pools(tmp_path, body_server):
+    from pipeline.stages.crawl.download import Downloader
+
+    folder, base = body_server
+    (folder / "1.jpg").write_bytes(_jpeg(1))
+    downloader = Downloader(concurrency=1, min_side=100)
+    futures = [downloader.submit(f"{base}/1.jpg") for _ in range(100)]
+    assert futures[-1].cancel()  # not started yet
+    assert futures[0].result(timeout=60).status == "ok"
+    assert not futures[0].cancel()  # finished
+    failing = downloader.submit(f"{base}/1.jpg", tmp_path / "nowhere" / "1.jpg")
+    downloader.close()
+    assert all(future.done() for future in futures)
+    assert futures[-1].cancelled() and any(future.cancelled() for future in futures[1:-1])
+    assert all(future.result().status == "ok" for future in futures if not future.cancelled())
+    assert failing.cancelled() or isinstance(failing.exception(), OSError)
+
+
+def test_a_failed_temporary_write_fails_the_downloaders_future(tmp_path, body_server):
+    from pipeline.stages.crawl.download import Downloader
+
+    folder, base = body_server
+    (folder / "1.jpg").write_bytes(_jpeg(1))
+    with Downloader(concurrency=2, min_side=100) as downloader:
+        future = downloader.submit(f"{base}/1.jpg", tmp_path / "nowhere" / "1.jpg")
+        with pytest.raises(OSError, match="nowhere/1.jpg"):
+            future.result(timeout=60)
+
+
 _POOL_CHILD = """
 import sys, time
 from pipeline.stages.crawl.fetchpool import FetchPool

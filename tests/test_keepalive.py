@@ -1,7 +1,8 @@
-"""The crawl's HTTP client against real servers on 127.0.0.1: keep-alive, redirects, limits, failures, proxies."""
+"""The crawl's asyncio HTTP client against real servers on 127.0.0.1: keep-alive, framing, redirects, limits, failures, proxies."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import threading
 import time
@@ -51,6 +52,22 @@ class Scripted(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(BODY)
             self.close_connection = True
+        elif path.startswith("/chunked"):  # BODY in chunks of 1000 bytes, with an extension and a trailer
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for start in range(0, len(BODY), 1000):
+                piece = BODY[start:start + 1000]
+                self.wfile.write(b"%x;note=1\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\nX-Trailer: yes\r\n\r\n")
+            if path == "/chunked-cut":
+                self.close_connection = True
+        elif path == "/interim":  # a 100 Continue before the reply
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._reply(200, BODY)
+        elif path == "/garbage":
+            self.wfile.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+            self.close_connection = True
         elif path == "/slow":
             time.sleep(1.0)
             self._reply(200, BODY)
@@ -70,10 +87,15 @@ class Scripted(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+class QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # a client that gave up (the timeout test) breaks the reply's pipe
+
+
 @pytest.fixture
 def server():
     """A :class:`Scripted` server; yields (base URL, the list of requests it has seen)."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
+    httpd = QuietServer(("127.0.0.1", 0), Scripted)
     httpd.seen = []
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -84,61 +106,90 @@ def server():
         httpd.server_close()
 
 
-def client(**overrides) -> KeepAliveClient:
-    return KeepAliveClient(**{"timeout": 5.0, "max_bytes": 1 << 20, "headers": {"User-Agent": "pie-test"}, **overrides})
+class Client:
+    """A :class:`KeepAliveClient` with its own event loop; ``get`` and ``gather`` run requests to completion."""
+
+    def __init__(self, **overrides):
+        self.http = KeepAliveClient(**{"timeout": 5.0, "max_bytes": 1 << 20, "headers": {"User-Agent": "pie-test"},
+                                       **overrides})
+        self.loop = asyncio.new_event_loop()
+
+    def get(self, url: str) -> bytes:
+        return self.loop.run_until_complete(self.http.get(url))
+
+    def gather(self, urls: list[str]) -> list[bytes]:
+        async def all_of():
+            return await asyncio.gather(*(self.http.get(url) for url in urls))
+        return self.loop.run_until_complete(all_of())
+
+    def close(self) -> None:
+        self.http.close()
+        self.loop.run_until_complete(asyncio.sleep(0))  # let the transports finish closing
+        self.loop.close()
 
 
-def test_requests_from_one_thread_share_one_connection(server):
+@pytest.fixture
+def client():
+    """Makes :class:`Client` objects and closes them after the test."""
+    made = []
+
+    def make(**overrides) -> Client:
+        made.append(Client(**overrides))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.close()
+
+
+def test_sequential_requests_share_one_connection(server, client):
     base, seen = server
     http = client()
-    try:
-        assert all(http.get(f"{base}/body") == BODY for _ in range(5))
-        with pytest.raises(PermanentError, match="http-404"):
-            http.get(f"{base}/status-404")
-        assert http.get(f"{base}/body") == BODY  # a short error body is read, so the connection carries on
-    finally:
-        http.close()
+    assert all(http.get(f"{base}/body") == BODY for _ in range(5))
+    with pytest.raises(PermanentError, match="http-404"):
+        http.get(f"{base}/status-404")
+    assert http.get(f"{base}/body") == BODY  # a short error body is read, so the connection carries on
     assert len({port for *_, port in seen}) == 1 and len(seen) == 7
     assert all(headers["User-Agent"] == "pie-test" and headers["Host"] == base[7:] for _, _, headers, _ in seen)
 
 
-def test_each_thread_has_its_own_connection(server):
+def test_concurrent_requests_use_their_own_connections_and_keep_them(server, client):
     base, seen = server
     http = client()
-    barrier = threading.Barrier(3)
-
-    def work():
-        barrier.wait()
-        for _ in range(3):
-            assert http.get(f"{base}/body") == BODY
-
-    threads = [threading.Thread(target=work) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    http.close()
+    for _ in range(3):
+        assert http.gather([f"{base}/body"] * 3) == [BODY] * 3
     assert len(seen) == 9 and len({port for *_, port in seen}) == 3
 
 
-def test_a_connection_the_server_closed_is_reopened_without_an_error(server):
+def test_a_connection_the_server_closed_is_reopened_without_an_error(server, client):
     base, seen = server
     http = client()
     assert http.get(f"{base}/drop-after") == BODY
     time.sleep(0.1)
     assert http.get(f"{base}/body") == BODY
-    http.close()
     assert [path for _, path, _, _ in seen] == ["/drop-after", "/body"] and seen[0][3] != seen[1][3]
 
 
-def test_redirects_are_followed_up_to_the_limit(server):
+def test_chunked_bodies_and_interim_replies_are_read(server, client):
+    base, seen = server
+    http = client()
+    assert http.get(f"{base}/chunked") == BODY
+    assert http.get(f"{base}/interim") == BODY
+    assert http.get(f"{base}/chunked-cut") == BODY
+    assert http.get(f"{base}/body") == BODY
+    ports = [port for *_, port in seen]
+    assert ports[0] == ports[1] == ports[2] != ports[3]  # kept after a chunked body, closed when the server says so
+    with pytest.raises(PermanentError, match="too-large: more than"):
+        client(max_bytes=len(BODY) - 1).get(f"{base}/chunked")
+
+
+def test_redirects_are_followed_up_to_the_limit(server, client):
     base, seen = server
     http = client()
     assert http.get(f"{base}/redirect-3") == BODY
     assert [path for _, path, _, _ in seen] == ["/redirect-3", "/redirect-2", "/redirect-1", "/redirect-0", "/body"]
     with pytest.raises(PermanentError, match="too-many-redirects"):
         http.get(f"{base}/loop")
-    http.close()
 
 
 @pytest.mark.parametrize(("path", "error", "reason"), [
@@ -146,18 +197,18 @@ def test_redirects_are_followed_up_to_the_limit(server):
     ("/status-429", TransientError, "http-429"),
     ("/status-403", PermanentError, "http-403"),
     ("/short", TransientError, "truncated"),
+    ("/garbage", TransientError, "connection-failed"),
 ])
-def test_failures_are_transient_or_permanent(server, path, error, reason):
+def test_failures_are_transient_or_permanent(server, client, path, error, reason):
     base, _ = server
     http = client()
     with pytest.raises(error) as raised:
         http.get(base + path)
     assert str(raised.value) == reason
     assert http.get(f"{base}/body") == BODY  # the client is still usable
-    http.close()
 
 
-def test_body_limits_with_and_without_a_length(server):
+def test_body_limits_with_and_without_a_length(server, client):
     base, _ = server
     small = client(max_bytes=len(BODY) - 1)
     with pytest.raises(PermanentError, match="too-large: 10240 bytes exceed"):
@@ -167,7 +218,7 @@ def test_body_limits_with_and_without_a_length(server):
     assert client().get(f"{base}/unsized") == BODY
 
 
-def test_timeouts_and_refused_connections_are_transient(server):
+def test_timeouts_and_refused_connections_are_transient(server, client):
     base, _ = server
     with pytest.raises(TransientError, match="timeout"):
         client(timeout=0.2).get(f"{base}/slow")
@@ -182,7 +233,7 @@ def test_timeouts_and_refused_connections_are_transient(server):
         client().get("ftp://127.0.0.1/body")
 
 
-def test_http_goes_through_the_proxy_with_its_credentials_unless_bypassed(server, monkeypatch):
+def test_http_goes_through_the_proxy_with_its_credentials_unless_bypassed(server, client, monkeypatch):
     base, seen = server
     port = base.rsplit(":", 1)[1]
     monkeypatch.setenv("http_proxy", f"http://pie%40lab:s3cret@127.0.0.1:{port}")
@@ -192,14 +243,13 @@ def test_http_goes_through_the_proxy_with_its_credentials_unless_bypassed(server
     http = client()
     assert http.get("http://photos.example/body") == BODY
     assert http.get(f"http://localhost:{port}/body") == BODY
-    http.close()
     (method, proxied, headers, _), (_, direct, direct_headers, _) = seen
     assert (method, proxied, headers["Host"]) == ("GET", "http://photos.example/body", "photos.example")
     assert headers["Proxy-Authorization"] == "Basic " + base64.b64encode(b"pie@lab:s3cret").decode()
     assert direct == "/body" and "Proxy-Authorization" not in direct_headers
 
 
-def test_https_goes_through_a_connect_tunnel(server, monkeypatch):
+def test_https_goes_through_a_connect_tunnel(server, client, monkeypatch):
     base, seen = server
     monkeypatch.setenv("https_proxy", f"http://pie:s3cret@{base[7:]}")
     monkeypatch.delenv("HTTPS_PROXY", raising=False)

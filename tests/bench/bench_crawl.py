@@ -6,7 +6,7 @@ All fetch the same list of 640-px JPEGs (Flickr size ``z``) from a
 * ``pie crawl``: API listing, concurrent downloads, full decode, size check,
   SHA-256 and perceptual-hash duplicate checks, atomic writes, manifests; once
   with its default download processes (downloads and checks in worker
-  processes) and once with both in threads of the crawl process;
+  processes) and once with both in the crawl process (on its own event loop);
 * img2dataset 1.47.0 (in its own virtual environment, as it pins an old
   webdataset), ``--resize_mode no --disable_all_reencoding True``: files
   output, the same thread count, SHA-256 of each file, *no decoding*;
@@ -217,7 +217,7 @@ def main() -> None:
             contenders = {
                 f"pie crawl ({pool} download process{'es' if pool != 1 else ''})":
                     lambda: run_pie(rest_url, nsids, args.per_user, workdir, args.concurrency, pool),
-                "pie crawl (in threads)":
+                "pie crawl (in one process)":
                     lambda: run_pie(rest_url, nsids, args.per_user, workdir, args.concurrency, 0),
                 **({"img2dataset": lambda: run_img2dataset(binary, urls, workdir, args.concurrency)}
                    if binary else {}),

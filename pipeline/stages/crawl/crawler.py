@@ -1,7 +1,8 @@
 """The crawl stage: users in, per-user photo folders and manifests out.
 
 Flow (one process lists and commits; downloads and their checks run in worker
-processes, :class:`.fetchpool.FetchPool`, or on a thread pool):
+processes, :class:`.fetchpool.FetchPool`, or on an event loop of the crawl
+process, :class:`.download.Downloader`):
 
 1. A listing thread walks the user source (user file, crawl list, discovery),
    spends about one API call per user on people.getPublicPhotos (cached in

@@ -9,9 +9,9 @@ itself (:func:`.dedupe.perceptual_hash`), with no resize. That is about 0.7 ms
 of CPU for a 640-px JPEG against 2.5 ms for a full decode followed by a
 resize. Any other format, and any JPEG that this path does not accept, is
 decoded fully by :func:`pipeline.imageio.decode_image`, which also names the
-problem of a bad file. It runs in the download thread, in the crawl's worker
-processes (:class:`.fetchpool.FetchPool`). A body that passes is written under
-a temporary name beside its final path (the
+problem of a bad file. It runs on the download's event loop, in the crawl's
+worker processes (:class:`.fetchpool.FetchPool`). A body that passes is
+written under a temporary name beside its final path (the
 :data:`manifests.files.PARTIAL_MARK` convention), so committing it is one
 rename on the crawl's main thread.
 """

@@ -59,7 +59,7 @@ class Network:
     per_host: int = 8
     min_side: int = 256
     seed: int = 0
-    #: Processes that download and check the photos (0: threads of the crawl process); None: :func:`default_workers`.
+    #: Processes that download and check the photos (0: the crawl process itself); None: :func:`default_workers`.
     check_workers: int | None = None
 
 
