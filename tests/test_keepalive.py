@@ -1,4 +1,7 @@
-"""The crawl's asyncio HTTP client against real servers on 127.0.0.1: keep-alive, framing, redirects, limits, failures, proxies."""
+"""The crawl's asyncio HTTP client against real servers on 127.0.0.1.
+
+Keep-alive, body framing, redirects, limits, failures and proxies.
+"""
 
 from __future__ import annotations
 
@@ -62,6 +65,11 @@ class Scripted(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\nX-Trailer: yes\r\n\r\n")
             if path == "/chunked-cut":
                 self.close_connection = True
+        elif path == "/bad-chunk":  # a chunk size int() would take but HTTP does not allow
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"0x1_0\r\n" + BODY[:16] + b"\r\n0\r\n\r\n")
         elif path == "/interim":  # a 100 Continue before the reply
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self._reply(200, BODY)
@@ -197,6 +205,7 @@ def test_redirects_are_followed_up_to_the_limit(server, client):
     ("/status-429", TransientError, "http-429"),
     ("/status-403", PermanentError, "http-403"),
     ("/short", TransientError, "truncated"),
+    ("/bad-chunk", TransientError, "truncated"),
     ("/garbage", TransientError, "connection-failed"),
 ])
 def test_failures_are_transient_or_permanent(server, client, path, error, reason):

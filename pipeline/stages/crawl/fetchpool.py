@@ -27,6 +27,7 @@ downloading (out of memory, killed) fails every download still waiting with
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import os
 import signal
@@ -64,7 +65,9 @@ def _serve(channel: Connection, parent: int, settings: dict) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
     threading.Thread(target=_watch_parent, args=(parent,), name="pie-parent-watch", daemon=True).start()
-    asyncio.run(_serve_requests(channel, Fetcher(**settings)))
+    fetcher = Fetcher(**settings)
+    gc.freeze()  # the modules' objects never become garbage: collections need not walk them
+    asyncio.run(_serve_requests(channel, fetcher))
 
 
 async def _serve_requests(channel: Connection, fetcher: Fetcher) -> None:

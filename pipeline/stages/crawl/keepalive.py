@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import ssl
 import urllib.request
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _DRAIN_LIMIT = 65536
 #: Largest read of a body at once, bytes.
 _READ_SIZE = 1 << 20
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_STATUS_CODE = re.compile(r"[1-9][0-9][0-9]")
 
 
 class TransientError(Exception):
@@ -131,7 +134,7 @@ class KeepAliveClient:
                  *(f"{name}: {value}" for name, value in {**self.headers, **route.headers}.items())]
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         for attempt in (1, 2):
-            connection, reused = self._take(key)
+            connection, reused = self._take(key) if attempt == 1 else (None, False)
             if connection is None:
                 connection = await self._open(key, route)
             try:
@@ -165,8 +168,11 @@ class KeepAliveClient:
     async def _read_body(self, reader: asyncio.StreamReader, reply: _Reply) -> tuple[bytes, bool]:
         """A ``200 OK`` reply's body, and whether its connection can carry another request."""
         try:
-            if "chunked" in reply.headers.get("transfer-encoding", "").lower():
-                return await self._read_chunked(reader), reply.keep_alive
+            codings = reply.headers.get("transfer-encoding")
+            if codings is not None:  # RFC 9112, section 6.3: chunked last, or the body runs to the end
+                if codings.rpartition(",")[2].strip().lower() == "chunked":
+                    return await self._read_chunked(reader), reply.keep_alive
+                return await self._read_to_end(reader), False
             if reply.length is not None:
                 if reply.length > self.max_bytes:
                     raise PermanentError(f"too-large: {reply.length} bytes exceed the {self.max_bytes}-byte limit")
@@ -196,7 +202,10 @@ class KeepAliveClient:
         while True:
             async with asyncio.timeout(self.timeout):
                 line = await reader.readuntil(b"\r\n")
-            size = int(line.split(b";", 1)[0].strip(), 16)  # ValueError: not a chunk size
+            digits = line.split(b";", 1)[0].strip()
+            if not _CHUNK_SIZE.fullmatch(digits):
+                raise ValueError(f"not a chunk size: {digits[:20]!r}")
+            size = int(digits, 16)
             if size == 0:
                 break
             if len(body) + size > self.max_bytes:
@@ -205,10 +214,15 @@ class KeepAliveClient:
             async with asyncio.timeout(self.timeout):
                 if await reader.readexactly(2) != b"\r\n":
                     raise ValueError("a chunk does not end with CRLF")
+        trailer = 0
         while True:  # trailer fields, up to the empty line
             async with asyncio.timeout(self.timeout):
-                if await reader.readuntil(b"\r\n") == b"\r\n":
-                    return bytes(body)
+                line = await reader.readuntil(b"\r\n")
+            if line == b"\r\n":
+                return bytes(body)
+            trailer += len(line)
+            if trailer > _DRAIN_LIMIT:
+                raise ValueError("a trailer of more than 64 KiB")
 
     async def _read_to_end(self, reader: asyncio.StreamReader) -> bytes:
         """A body that runs to the end of the connection."""
@@ -336,7 +350,7 @@ async def _read_head(reader: asyncio.StreamReader) -> _Reply:
         lines = head.decode("latin-1").split("\r\n")
         version, _, rest = lines[0].partition(" ")
         code = rest[:3]
-        if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+        if not version.startswith("HTTP/1.") or not _STATUS_CODE.fullmatch(code):
             raise _BadReply(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
         headers: dict[str, str] = {}
         for line in lines[1:-2]:
@@ -349,7 +363,7 @@ async def _read_head(reader: asyncio.StreamReader) -> _Reply:
         if 100 <= status < 200:
             continue
         declared = headers.get("content-length")
-        if declared is not None and not declared.isdigit():
+        if declared is not None and not (declared.isascii() and declared.isdigit()):
             raise _BadReply(f"bad Content-Length: {declared[:40]!r}")
         length = 0 if status in (204, 304) else None if declared is None else int(declared)
         closing = "close" in headers.get("connection", "").lower()
