@@ -335,6 +335,24 @@ def test_a_failed_temporary_write_fails_the_downloaders_future(tmp_path, body_se
             future.result(timeout=60)
 
 
+def test_download_processes_start_with_sigint_blocked():
+    """A Ctrl-C to the process group cannot interrupt a download process's imports with a traceback."""
+    import signal
+
+    import psutil
+
+    from pipeline.stages.crawl.fetchpool import FetchPool
+
+    with FetchPool(2) as pool:
+        workers = [child for child in psutil.Process().children() if "spawn_main" in " ".join(child.cmdline())]
+        blocked = []
+        for worker in workers:
+            status = dict(line.split(":", 1) for line in Path(f"/proc/{worker.pid}/status").read_text().splitlines())
+            blocked.append(bool(int(status["SigBlk"], 16) & 1 << (signal.SIGINT - 1)))
+        assert pool.submit("ftp://nowhere/x.jpg").result(timeout=60).status == "failed"
+    assert blocked == [True, True]
+
+
 _POOL_CHILD = """
 import sys, time
 from pipeline.stages.crawl.fetchpool import FetchPool

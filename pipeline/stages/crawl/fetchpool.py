@@ -36,7 +36,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
+from multiprocessing import get_context, resource_tracker
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
@@ -148,7 +148,9 @@ class FetchPool:
                                                    name=f"pie-fetch-{index}", daemon=True))
         # SIGINT is blocked while the processes start, and they inherit that: a Ctrl-C to the whole process
         # group cannot interrupt their imports (about 1 s, while the first users are listed) with a traceback;
-        # the crawl itself gets it as soon as the mask is back.
+        # the crawl itself gets it as soon as the mask is back. multiprocessing's resource tracker is started
+        # first, as starting it unblocks SIGINT (it unblocks rather than restores the mask it found).
+        resource_tracker.ensure_running()
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             for process in self._processes:
