@@ -27,10 +27,11 @@ table block is unwritten; ``recently_deleted`` in the kernel's
 ``fs/ext4/ialloc.c``), so deleting one run's 3,000 files just before the next
 made every file the next run created cost more CPU (pie's download processes:
 about 1.9 against 1.6 ms per photo), which a crawl that keeps its files does
-not pay.
+not pay. The files are synced to disk after each run, so that no run's
+writeback (after 30 s, by the kernel's default) falls into a later run.
 
 Run: ``python tests/bench/bench_crawl.py`` (``--users 30 --per-user 100`` by
-default, 3,000 photos; about 3 minutes on 2 cores).
+default, 3,000 photos, 5 rounds; about 5 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -206,7 +207,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=30)
     parser.add_argument("--per-user", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each; the order reverses every round")
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each; the order reverses every round")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="pie-bench-crawl-"))
     pool = default_workers()
@@ -243,6 +244,7 @@ def main() -> None:
                 order = list(contenders) if round_index % 2 == 0 else list(reversed(contenders))
                 for name in order:
                     result = contenders[name](next_folder())
+                    os.sync()  # this run's files reach the disk now, not during the next run
                     runs.setdefault(name, []).append(result)
                     phase = f", phase {result['phase']:7.1f}/s" if result["phase"] else ""
                     print(f"  round {round_index + 1} {name:34s} {result['count']:6d} in {result['seconds']:6.2f} s"
