@@ -240,6 +240,8 @@ def test_timeouts_and_refused_connections_are_transient(server, client):
         client().get(f"http://127.0.0.1:{closed_port}/body")
     with pytest.raises(PermanentError, match="not an http"):
         client().get("ftp://127.0.0.1/body")
+    with pytest.raises(PermanentError, match="not an ASCII URL"):
+        client().get(f"{base}/bödy")
 
 
 def test_http_goes_through_the_proxy_with_its_credentials_unless_bypassed(server, client, monkeypatch):

@@ -132,7 +132,10 @@ class KeepAliveClient:
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         lines = [f"GET {target} HTTP/1.1", f"Host: {host}", "Accept-Encoding: identity",
                  *(f"{name}: {value}" for name, value in {**self.headers, **route.headers}.items())]
-        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        try:
+            request = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+        except UnicodeEncodeError:
+            raise PermanentError(f"not an ASCII URL: {url[:200]}") from None
         for attempt in (1, 2):
             connection, reused = self._take(key) if attempt == 1 else (None, False)
             if connection is None:
