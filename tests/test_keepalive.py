@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import selectors
+import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -100,13 +103,22 @@ class QuietServer(ThreadingHTTPServer):
         pass  # a client that gave up (the timeout test) breaks the reply's pipe
 
 
+def serve(handler, wrap=None, **attributes):
+    """A ThreadingHTTPServer with ``handler`` on 127.0.0.1 (its socket wrapped by ``wrap``); returns it, started."""
+    httpd = QuietServer(("127.0.0.1", 0), handler)
+    if wrap is not None:
+        httpd.socket = wrap(httpd.socket, server_side=True)
+    httpd.seen = []
+    for name, value in attributes.items():
+        setattr(httpd, name, value)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return httpd
+
+
 @pytest.fixture
 def server():
     """A :class:`Scripted` server; yields (base URL, the list of requests it has seen)."""
-    httpd = QuietServer(("127.0.0.1", 0), Scripted)
-    httpd.seen = []
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
+    httpd = serve(Scripted)
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd.seen
     finally:
@@ -260,7 +272,7 @@ def test_http_goes_through_the_proxy_with_its_credentials_unless_bypassed(server
     assert direct == "/body" and "Proxy-Authorization" not in direct_headers
 
 
-def test_https_goes_through_a_connect_tunnel(server, client, monkeypatch):
+def test_https_asks_the_proxy_for_a_tunnel_and_a_refusal_fails_it(server, client, monkeypatch):
     base, seen = server
     monkeypatch.setenv("https_proxy", f"http://pie:s3cret@{base[7:]}")
     monkeypatch.delenv("HTTPS_PROXY", raising=False)
@@ -271,3 +283,79 @@ def test_https_goes_through_a_connect_tunnel(server, client, monkeypatch):
     method, path, headers, _ = seen[-1]
     assert (method, path) == ("CONNECT", "photos.example:443")
     assert headers["Proxy-Authorization"] == "Basic " + base64.b64encode(b"pie:s3cret").decode()
+
+
+class Tunnelling(Scripted):
+    """A proxy that answers ``CONNECT`` by relaying the connection to ``server.tunnel_to``, whatever was asked."""
+
+    def do_CONNECT(self):  # noqa: N802 - http.server's name
+        self.server.seen.append((self.command, self.path, dict(self.headers), self.client_address[1]))
+        with socket.create_connection(self.server.tunnel_to) as upstream:
+            self.send_response(200, "Connection established")
+            self.end_headers()
+            with selectors.DefaultSelector() as relay:
+                relay.register(self.connection, selectors.EVENT_READ, upstream)
+                relay.register(upstream, selectors.EVENT_READ, self.connection)
+                while open_ := relay.select(timeout=5):
+                    for key, _ in open_:
+                        data = key.fileobj.recv(65536)
+                        if not data:
+                            self.close_connection = True
+                            return
+                        key.data.sendall(data)
+        self.close_connection = True
+
+
+@pytest.fixture
+def tls_server():
+    """A :class:`Scripted` server over TLS with a certificate for 127.0.0.1, localhost and photos.example.
+
+    Yields (server, client context trusting its test CA).
+    """
+    import trustme
+
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1", "localhost", "photos.example").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    httpd = serve(Scripted, wrap=server_context.wrap_socket)
+    try:
+        yield httpd, client_context
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_https_keeps_its_connection_and_checks_the_certificate(tls_server, client):
+    httpd, trusting = tls_server
+    base = f"https://localhost:{httpd.server_address[1]}"
+    http = client(tls=trusting)
+    assert http.get(f"{base}/body") == BODY and http.get(f"{base}/chunked") == BODY
+    assert len(httpd.seen) == 2 and httpd.seen[0][3] == httpd.seen[1][3]
+    with pytest.raises(TransientError, match="connection-failed"):  # certifi's bundle does not know the test CA
+        client().get(f"{base}/body")
+    assert len(httpd.seen) == 2
+
+
+def test_https_through_a_proxy_tunnel_checks_the_origins_certificate(tls_server, client, monkeypatch):
+    httpd, trusting = tls_server
+    proxy = serve(Tunnelling, tunnel_to=httpd.server_address)
+    try:
+        monkeypatch.setenv("https_proxy", f"http://pie:s3cret@127.0.0.1:{proxy.server_address[1]}")
+        monkeypatch.delenv("HTTPS_PROXY", raising=False)
+        monkeypatch.setenv("no_proxy", "")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        http = client(tls=trusting)
+        assert http.get("https://photos.example/body") == BODY
+        assert http.get("https://photos.example/body") == BODY  # through the same tunnel
+        with pytest.raises(TransientError, match="connection-failed"):  # the certificate does not name it
+            http.get("https://elsewhere.example/body")
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    connects = [(method, path) for method, path, _, _ in proxy.seen]
+    assert connects == [("CONNECT", "photos.example:443"), ("CONNECT", "elsewhere.example:443")]
+    assert proxy.seen[0][2]["Proxy-Authorization"] == "Basic " + base64.b64encode(b"pie:s3cret").decode()
+    assert [path for _, path, headers, _ in httpd.seen] == ["/body", "/body"]
+    assert all(headers["Host"] == "photos.example" for _, _, headers, _ in httpd.seen)

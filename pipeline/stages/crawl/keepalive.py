@@ -55,11 +55,17 @@ _STATUS_CODE = re.compile(r"[1-9][0-9][0-9]")
 
 
 class TransientError(Exception):
-    """A failure worth retrying; ``str()`` is the reason: ``timeout``, ``connection-failed``, ``truncated``, ``http-503``."""
+    """A failure worth retrying.
+
+    ``str()`` is the reason: ``timeout``, ``connection-failed``, ``truncated``, ``http-503``.
+    """
 
 
 class PermanentError(Exception):
-    """A failure a retry would repeat; ``str()`` is the reason: ``http-404``, ``too-large: ...``, ``too-many-redirects``."""
+    """A failure a retry would repeat.
+
+    ``str()`` is the reason: ``http-404``, ``too-large: ...``, ``too-many-redirects``.
+    """
 
 
 class _BadReply(Exception):
@@ -77,14 +83,17 @@ class KeepAliveClient:
         Largest accepted body, bytes.
     headers : dict
         Sent with every request (a ``User-Agent``, say).
+    tls : ssl.SSLContext, optional
+        Checks the certificates of ``https`` hosts; by default against certifi's bundle.
     """
 
-    def __init__(self, *, timeout: float, max_bytes: int, headers: dict[str, str] | None = None):
+    def __init__(self, *, timeout: float, max_bytes: int, headers: dict[str, str] | None = None,
+                 tls: ssl.SSLContext | None = None):
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.headers = dict(headers or {})
         self._proxies = urllib.request.getproxies()
-        self._tls = ssl.create_default_context(cafile=certifi.where())
+        self._tls = tls or ssl.create_default_context(cafile=certifi.where())
         self._routes: dict[tuple[str, str, int], _Route] = {}
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
 
