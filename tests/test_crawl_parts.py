@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -333,6 +334,46 @@ def test_a_failed_temporary_write_fails_the_downloaders_future(tmp_path, body_se
         future = downloader.submit(f"{base}/1.jpg", tmp_path / "nowhere" / "1.jpg")
         with pytest.raises(OSError, match="nowhere/1.jpg"):
             future.result(timeout=60)
+
+
+def test_the_fetch_pool_keeps_to_its_concurrency_across_processes(tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from pipeline.stages.crawl.fetchpool import FetchPool
+
+    body = _jpeg(3)
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+
+    class Slow(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802 - http.server's name
+            with lock:
+                in_flight[0] += 1
+                most[0] = max(most[0], in_flight[0])
+            time.sleep(0.1)
+            with lock:
+                in_flight[0] -= 1
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with FetchPool(3, concurrency=2, per_host=8, min_side=100) as pool:
+            futures = [pool.submit(f"http://127.0.0.1:{server.server_address[1]}/{index}.jpg") for index in range(12)]
+            assert [future.result(timeout=60).status for future in futures] == ["ok"] * 12
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert most[0] == 2
 
 
 def test_download_processes_start_with_sigint_blocked():

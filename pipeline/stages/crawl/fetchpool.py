@@ -123,8 +123,9 @@ class FetchPool:
     """:meth:`.download.Downloader.submit` with the downloads and checks in ``workers`` processes.
 
     Parameters are those of :class:`.download.Downloader`: ``concurrency``
-    downloads in flight in all, at most ``per_host`` to one host, split
-    evenly (rounded up) over the processes.
+    downloads in flight in all, at most ``ceil(concurrency / workers)`` of
+    them in one process, and at most ``ceil(per_host / workers)`` to one host
+    in each process.
     """
 
     def __init__(self, workers: int, *, concurrency: int = 16, per_host: int = 8, timeout: float = 15.0,
@@ -134,6 +135,7 @@ class FetchPool:
         if concurrency < 1 or per_host < 1:
             raise ValueError("concurrency and per_host must be at least 1")
         context = get_context("spawn")
+        self._concurrency = concurrency
         self._capacity = -(-concurrency // workers)
         self._channels: list[Connection] = []
         self._processes = []
@@ -189,10 +191,10 @@ class FetchPool:
         return future
 
     def _dispatch(self) -> None:
-        """Send waiting requests to the processes with free places (called with the lock held)."""
+        """Send waiting requests to processes with free places, ``concurrency`` in all (with the lock held)."""
         while self._waiting and self._broken is None:
             index = min(range(len(self._channels)), key=self._under_way.__getitem__)
-            if self._under_way[index] >= self._capacity:
+            if self._under_way[index] >= self._capacity or sum(self._under_way) >= self._concurrency:
                 return
             request = self._waiting.popleft()
             future = self._futures.get(request[0])
