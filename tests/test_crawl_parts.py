@@ -307,7 +307,7 @@ def test_closing_the_pool_drops_the_downloads_not_started(tmp_path, body_server)
         pool.submit(f"{base}/1.jpg")
 
 
-def test_downloader_futures_behave_as_a_thread_pools(tmp_path, body_server):
+def test_downloader_futures_behave_like_thread_pool_futures(body_server):
     from pipeline.stages.crawl.download import Downloader
 
     folder, base = body_server
@@ -317,12 +317,10 @@ def test_downloader_futures_behave_as_a_thread_pools(tmp_path, body_server):
     assert futures[-1].cancel()  # not started yet
     assert futures[0].result(timeout=60).status == "ok"
     assert not futures[0].cancel()  # finished
-    failing = downloader.submit(f"{base}/1.jpg", tmp_path / "nowhere" / "1.jpg")
     downloader.close()
     assert all(future.done() for future in futures)
     assert futures[-1].cancelled() and any(future.cancelled() for future in futures[1:-1])
     assert all(future.result().status == "ok" for future in futures if not future.cancelled())
-    assert failing.cancelled() or isinstance(failing.exception(), OSError)
 
 
 def test_a_failed_temporary_write_fails_the_downloaders_future(tmp_path, body_server):
@@ -336,7 +334,7 @@ def test_a_failed_temporary_write_fails_the_downloaders_future(tmp_path, body_se
             future.result(timeout=60)
 
 
-def test_the_fetch_pool_keeps_to_its_concurrency_across_processes(tmp_path):
+def test_the_fetch_pool_keeps_to_its_concurrency_across_processes():
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -356,7 +354,7 @@ def test_the_fetch_pool_keeps_to_its_concurrency_across_processes(tmp_path):
             with lock:
                 in_flight[0] += 1
                 most[0] = max(most[0], in_flight[0])
-            time.sleep(0.1)
+            time.sleep(0.2)
             with lock:
                 in_flight[0] -= 1
             self.send_response(200)
@@ -368,12 +366,12 @@ def test_the_fetch_pool_keeps_to_its_concurrency_across_processes(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with FetchPool(3, concurrency=2, per_host=8, min_side=100) as pool:
-            futures = [pool.submit(f"http://127.0.0.1:{server.server_address[1]}/{index}.jpg") for index in range(12)]
-            assert [future.result(timeout=60).status for future in futures] == ["ok"] * 12
+            futures = [pool.submit(f"http://127.0.0.1:{server.server_address[1]}/{index}.jpg") for index in range(24)]
+            assert [future.result(timeout=60).status for future in futures] == ["ok"] * 24
     finally:
         server.shutdown()
         server.server_close()
-    assert most[0] == 2
+    assert most[0] == 2  # 3 with a share of 1 per process and no limit in all
 
 
 def test_download_processes_start_with_sigint_blocked():
