@@ -210,21 +210,21 @@ class FetchPool:
 
     def _listen(self) -> None:
         """Resolve the futures from the processes' outcomes; fail them all if a process dies."""
-        open_channels = dict(enumerate(self._channels))
+        open_channels = {channel: index for index, channel in enumerate(self._channels)}
         while open_channels:
             if self._broken is not None:
                 self._fail_all(self._broken)
                 return
-            ready = wait(list(open_channels.values()), timeout=_ALIVE_EVERY)
+            ready = wait(list(open_channels), timeout=_ALIVE_EVERY)
             if not ready and not self._closed and any(process.exitcode is not None for process in self._processes):
                 self._fail_all(BrokenProcessPool("a download process exited"))
                 return
             for channel in ready:
-                index = self._channels.index(channel)
+                index = open_channels[channel]
                 try:
                     key, fetched, error = channel.recv()
                 except (EOFError, OSError):  # the process has exited
-                    del open_channels[index]
+                    del open_channels[channel]
                     if not self._closed:
                         self._fail_all(BrokenProcessPool("a download process exited"))
                         return

@@ -139,14 +139,14 @@ class KeepAliveClient:
             target = parts._replace(netloc=host, fragment="").geturl()
         else:
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        lines = [f"GET {target} HTTP/1.1", f"Host: {host}", "Accept-Encoding: identity",
-                 *(f"{name}: {value}" for name, value in {**self.headers, **route.headers}.items())]
         try:
-            request = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+            request = _request_head(f"GET {target} HTTP/1.1",
+                                    {"Host": host, "Accept-Encoding": "identity", **self.headers, **route.headers})
         except UnicodeEncodeError:
             raise PermanentError(f"not an ASCII URL: {url[:200]}") from None
         for attempt in (1, 2):
-            connection, reused = self._take(key) if attempt == 1 else (None, False)
+            connection = self._take(key) if attempt == 1 else None
+            reused = connection is not None
             if connection is None:
                 connection = await self._open(key, route)
             try:
@@ -258,15 +258,15 @@ class KeepAliveClient:
             return False  # the reply's status is what counts
         return reply.keep_alive
 
-    def _take(self, key: tuple[str, str, int]) -> tuple[_Connection | None, bool]:
-        """An idle connection to ``key`` that the server has not closed, and whether one was found."""
+    def _take(self, key: tuple[str, str, int]) -> _Connection | None:
+        """An idle connection to ``key`` that the server has not closed, or None."""
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()
             if not connection.reader.at_eof() and not connection.writer.is_closing():
-                return connection, True
+                return connection
             connection.writer.close()
-        return None, False
+        return None
 
     async def _open(self, key: tuple[str, str, int], route: _Route) -> _Connection:
         """A new connection along ``route``: to the host itself, to its proxy, or through the proxy's tunnel."""
@@ -282,9 +282,8 @@ class KeepAliveClient:
                 if tls is None:
                     return _Connection(reader, writer)
                 try:
-                    lines = [f"CONNECT {host}:{port} HTTP/1.1", f"Host: {host}:{port}",
-                             *(f"{name}: {value}" for name, value in route.tunnel_headers.items())]
-                    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+                    writer.write(_request_head(f"CONNECT {host}:{port} HTTP/1.1",
+                                               {"Host": f"{host}:{port}", **route.tunnel_headers}))
                     if (await _read_head(reader)).status != 200:
                         raise _BadReply("the proxy refused the tunnel")
                     await writer.start_tls(tls, server_hostname=host)
@@ -343,6 +342,12 @@ class _Reply:
     length: int | None
     #: HTTP/1.1 without ``Connection: close``.
     keep_alive: bool
+
+
+def _request_head(request_line: str, fields: dict[str, str]) -> bytes:
+    """A request's head: its line and header fields, CRLF-terminated (UnicodeEncodeError if not ASCII)."""
+    lines = [request_line, *(f"{name}: {value}" for name, value in fields.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
 
 def _redirect_or_raise(reply: _Reply) -> tuple[bytes, str]:

@@ -107,8 +107,9 @@ def look_headroom(workspace: Workspace, photos: dict[str, dict[str, dict]], corp
     """:class:`Headroom` over every degraded photo with ground truth whose look ``corpus`` records.
 
     ``photos`` is ``{nsid: {photo_id: latest record}}``
-    (:func:`pipeline.stages.status.flickr_photos`). A photo counts when its user has at least one other photo of each look,
-    so both mappings are fitted; unreadable files are passed over.
+    (:func:`pipeline.stages.status.flickr_photos`). A photo counts when its
+    user has at least one other photo of each look, so both mappings are
+    fitted; unreadable files are passed over.
     """
     result = Headroom()
     for nsid in sorted(photos):
